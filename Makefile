@@ -1,0 +1,34 @@
+# The two commands of the README: `make run` and `make test`. Both create .venv if missing.
+PYTHON ?= python3
+VENV ?= .venv
+# A CPU build of torch by default; a GPU user overrides it, for example:
+#   make run TORCH_SPEC='torch==2.13.0' TORCH_PIP_ARGS='--index-url <your CUDA wheel index>'
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install run test bench example-config clean
+
+install: $(STAMP)
+
+# torch goes in first and pinned, so that the project's range (torch>=2.2) installs nothing more.
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check '$(TORCH_SPEC)' $(TORCH_PIP_ARGS)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/docbrainctl start --foreground
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# etc/docbrain.toml is generated from the settings' definitions (supervisor/settings.py).
+example-config: $(STAMP)
+	$(BIN)/docbrainctl config --example > etc/docbrain.toml
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,196 @@
+"""The worker pool: one `WorkerSlot` per configured worker, driven by `lifecycle.step`.
+
+The pool carries out what the pure state machine decides (spawn, signal) and feeds it the
+facts (messages, exits, time). It owns no socket: the daemon passes messages in and gives
+it a `send` callable for heartbeats.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from supervisor import lifecycle, wire
+from supervisor.lifecycle import Event, Kill, Policy, Slot, Spawn, WorkerState
+from supervisor.settings import Config
+from supervisor.spawner import Spawner, WorkerProcess, describe_exit
+from workers.main import WorkerSpec
+
+log = logging.getLogger(__name__)
+SendFn = Callable[[bytes, wire.Message], None]
+
+
+def policy_from(config: Config) -> Policy:
+    r, w = config.restart, config.workers
+    return Policy(backoff_start=r.backoff_start, backoff_max=r.backoff_max,
+                  backoff_reset=r.backoff_reset, flap_window=r.flap_window,
+                  flap_limit=r.flap_limit, load_timeout=w.load_timeout,
+                  liveness=w.heartbeat_interval * w.heartbeat_liveness,
+                  stop_timeout=w.stop_timeout)
+
+
+@dataclass
+class WorkerSlot:
+    index: int
+    state: Slot = field(default_factory=Slot)
+    proc: WorkerProcess | None = None
+    tasks: list[str] = field(default_factory=list)
+    # The last lines the previous process wrote, to say why it died.
+    last_tail: list[str] = field(default_factory=list)
+
+    @property
+    def routing_id(self) -> bytes | None:
+        return f"{self.index}:{self.proc.pid}".encode() if self.proc else None
+
+
+class WorkerPool:
+    def __init__(self, config: Config, endpoint: str, daemon_pid: int,
+                 spawner: Spawner, send: SendFn) -> None:
+        self.config = config
+        self.policy = policy_from(config)
+        self.endpoint = endpoint
+        self.daemon_pid = daemon_pid
+        self.spawner = spawner
+        self.send = send
+        self.slots = [WorkerSlot(i) for i in range(config.workers.count)]
+        self._by_routing_id: dict[bytes, WorkerSlot] = {}
+        self.foreign_messages = 0
+        self._next_beat = 0.0
+
+    # -- driving the state machine -------------------------------------------------------
+
+    def apply(self, slot: WorkerSlot, event: Event, now: float, detail: str = "") -> None:
+        before = slot.state.state
+        result = lifecycle.step(slot.state, event, now, self.policy, detail)
+        slot.state = result.slot
+        if result.note:
+            level = logging.ERROR if slot.state.state == WorkerState.FATAL else logging.WARNING
+            log.log(level, "slot %d: %s", slot.index, result.note)
+        if slot.state.state != before:
+            log.debug("slot %d: %s -> %s", slot.index, before.name, slot.state.state.name)
+        for action in result.actions:
+            if isinstance(action, Spawn):
+                self._spawn(slot, now)
+            elif isinstance(action, Kill) and slot.proc is not None:
+                slot.proc.signal(action.signum)
+
+    def _spawn(self, slot: WorkerSlot, now: float) -> None:
+        w = self.config.workers
+        spec = WorkerSpec(slot=slot.index, endpoint=self.endpoint, daemon_pid=self.daemon_pid,
+                          tasks=tuple(w.tasks), heartbeat_interval=w.heartbeat_interval,
+                          heartbeat_liveness=w.heartbeat_liveness,
+                          log_level=self.config.supervisor.log_level)
+        try:
+            slot.proc = self.spawner.spawn(spec)
+        except OSError as exc:
+            log.error("slot %d: spawn failed: %s", slot.index, exc)
+            slot.proc = None
+            self.apply(slot, Event.EXIT, now, f"spawn failed: {exc}")
+            return
+        slot.tasks = []
+        assert slot.routing_id is not None
+        self._by_routing_id[slot.routing_id] = slot
+        log.info("slot %d: spawned worker pid %d", slot.index, slot.proc.pid)
+
+    def start_all(self, now: float) -> None:
+        for slot in self.slots:
+            self.apply(slot, Event.START, now)
+
+    def stop_all(self, now: float, timeout: float | None = None) -> None:
+        if timeout is not None:
+            self.policy = lifecycle.Policy(**{**self.policy.__dict__, "stop_timeout": timeout})
+        for slot in self.slots:
+            self.apply(slot, Event.STOP, now)
+
+    # -- facts from the outside world ----------------------------------------------------
+
+    def on_message(self, routing_id: bytes, message: wire.Message, now: float) -> None:
+        slot = self._by_routing_id.get(routing_id)
+        if slot is None or slot.routing_id != routing_id:
+            self.foreign_messages += 1  # a dead incarnation's late words, or a stranger
+            return
+        if isinstance(message, wire.Loading):
+            self.apply(slot, Event.LOADING, now)
+        elif isinstance(message, wire.Ready):
+            slot.tasks = list(message.tasks)
+            self.apply(slot, Event.READY, now)
+            assert slot.proc is not None
+            log.info("slot %d: worker pid %d READY", slot.index, slot.proc.pid)
+        elif isinstance(message, wire.Heartbeat):
+            self.apply(slot, Event.HEARTBEAT, now)
+        else:
+            self.foreign_messages += 1
+
+    def reap(self, now: float) -> None:
+        for slot in self.slots:
+            proc = slot.proc
+            if proc is None:
+                continue
+            code = proc.poll_exit()
+            if code is None:
+                continue
+            proc.read_stderr()  # whatever it wrote last belongs before its death notice
+            proc.close_stderr()
+            proc.process.close()
+            if slot.routing_id is not None:
+                self._by_routing_id.pop(slot.routing_id, None)
+            detail = describe_exit(code)
+            log.info("slot %d: worker pid %d %s", slot.index, proc.pid, detail)
+            slot.last_tail = list(proc.tail)
+            slot.proc = None
+            self.apply(slot, Event.EXIT, now, detail)
+
+    def tick(self, now: float) -> None:
+        for slot in self.slots:
+            self.apply(slot, Event.TICK, now)
+        if now >= self._next_beat:
+            self._next_beat = now + self.config.workers.heartbeat_interval
+            for slot in self.slots:
+                if slot.state.state in lifecycle.SERVING_STATES and slot.routing_id:
+                    self.send(slot.routing_id, wire.Heartbeat())
+
+    # -- what the loop needs to know -----------------------------------------------------
+
+    def next_deadline(self) -> float:
+        deadlines = [d for s in self.slots
+                     if (d := lifecycle.next_deadline(s.state, self.policy)) is not None]
+        return min([self._next_beat, *deadlines])
+
+    def stderr_fds(self) -> dict[int, WorkerProcess]:
+        return {s.proc.stderr_fd: s.proc for s in self.slots
+                if s.proc is not None and s.proc.stderr_fd is not None}
+
+    def all_exited(self) -> bool:
+        return all(s.proc is None and s.state.state not in lifecycle.LIVE_STATES
+                   for s in self.slots)
+
+    def kill_all(self) -> None:
+        """Last resort when the daemon itself fails: nothing of ours may outlive it."""
+        for slot in self.slots:
+            if slot.proc is not None:
+                slot.proc.signal(signal.SIGKILL)
+                slot.proc.process.join(5)
+
+    def status(self, now: float) -> list[dict[str, Any]]:
+        rows = []
+        for slot in self.slots:
+            s = slot.state
+            alive = slot.proc is not None
+            row: dict[str, Any] = {
+                "slot": slot.index,
+                "pid": slot.proc.pid if slot.proc else None,
+                "state": s.state.name,
+                "uptime_s": round(now - s.spawned_at, 3) if alive and s.spawned_at else None,
+                "restarts": s.restarts,
+                "last_exit": s.last_exit,
+                "reason": s.reason,
+                "tasks": slot.tasks,
+                "stderr_tail": [] if alive else slot.last_tail,
+            }
+            row.update(slot.proc.resources() if slot.proc else
+                       {"rss_bytes": None, "cpu_percent": None})
+            rows.append(row)
+        return rows

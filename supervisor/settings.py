@@ -1,0 +1,132 @@
+"""Every setting in one place: name, type, default, check and help text.
+
+The TOML loader (`supervisor.config`), the ``DOCBRAIN_<SECTION>_<KEY>`` environment
+overrides, the CLI flags' help and the example file ``etc/docbrain.toml`` are all derived
+from the dataclasses below, so a setting is added by adding one field here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+# A check returns None when the value is acceptable, else what is wrong with it.
+Check = Callable[[Any], "str | None"]
+
+
+def _setting(default: Any, help: str, check: Check | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "check": check})
+
+
+def at_least(low: float) -> Check:
+    return lambda v: None if v >= low else f"must be at least {low}, got {v}"
+
+
+def above(low: float) -> Check:
+    return lambda v: None if v > low else f"must be greater than {low}, got {v}"
+
+
+def one_of(*choices: str) -> Check:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    state_dir: str = _setting(
+        "",
+        "Directory for the pidfile, sockets and logs (created 0700). "
+        "Empty: $XDG_STATE_HOME/docbrain, else ~/.local/state/docbrain.",
+    )
+    log_level: str = _setting(
+        "info", "Daemon log level: debug, info, warning or error.",
+        one_of("debug", "info", "warning", "error"),
+    )
+    start_timeout: float = _setting(
+        300.0, "Seconds `docbrainctl start` waits for every worker to be READY.", above(0)
+    )
+    control_timeout: float = _setting(
+        5.0, "Seconds docbrainctl waits for the daemon to answer a control request.", above(0)
+    )
+
+
+@dataclass(frozen=True)
+class WorkersSettings:
+    count: int = _setting(2, "Number of worker processes.", at_least(1))
+    tasks: tuple[str, ...] = _setting(
+        (), "Python modules every worker imports at start-up (they register tasks)."
+    )
+    load_timeout: float = _setting(
+        120.0, "Seconds a new worker may take from spawn to READY before it is killed.", above(0)
+    )
+    stop_timeout: float = _setting(
+        10.0, "Seconds a worker has to exit after SIGTERM before it gets SIGKILL.", above(0)
+    )
+    heartbeat_interval: float = _setting(
+        1.0, "Seconds between heartbeats, both ways.", above(0)
+    )
+    heartbeat_liveness: int = _setting(
+        5, "Heartbeats a worker may miss before it is killed and replaced.", at_least(1)
+    )
+
+
+@dataclass(frozen=True)
+class RestartSettings:
+    backoff_start: float = _setting(
+        0.1, "Seconds before the first restart of a worker that died.", above(0)
+    )
+    backoff_max: float = _setting(
+        30.0, "Upper bound of the restart delay, which doubles after each death.", above(0)
+    )
+    backoff_reset: float = _setting(
+        60.0, "Seconds of healthy running after which the delay starts again from the start.",
+        above(0),
+    )
+    flap_window: float = _setting(
+        60.0, "Window, in seconds, in which deaths of one slot are counted.", above(0)
+    )
+    flap_limit: int = _setting(
+        5, "Deaths within the window that put a slot in FATAL (until restart).", at_least(1)
+    )
+
+
+SECTIONS: Mapping[str, type] = MappingProxyType({
+    "supervisor": SupervisorSettings,
+    "workers": WorkersSettings,
+    "restart": RestartSettings,
+})
+
+# Variables that must never be set: it hides the fork-after-ObjC-init crash instead of
+# avoiding it (we never fork a process that has imported torch).
+FORBIDDEN_ENV = frozenset({"OBJC_DISABLE_INITIALIZE_FORK_SAFETY"})
+
+
+@dataclass(frozen=True)
+class Config:
+    supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+    workers: WorkersSettings = field(default_factory=WorkersSettings)
+    restart: RestartSettings = field(default_factory=RestartSettings)
+    # [env]: overrides of the environment guards (and any extra variable), name -> value.
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # The file it was read from, so a detached daemon reads the same one.
+    path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in SECTIONS:
+            out[name] = {
+                k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(getattr(self, name)).items()
+            }
+        out["env"] = dict(self.env)
+        return out
+
+
+def help_of(section: str, key: str) -> str:
+    """The help text of one setting (used by the CLI's flags)."""
+    for f in dataclasses.fields(SECTIONS[section]):
+        if f.name == key:
+            return str(f.metadata["help"])
+    raise KeyError(f"{section}.{key}")

@@ -1,0 +1,139 @@
+"""Start worker processes through a multiprocessing *spawn* context, stderr captured.
+
+Never fork: a forked copy of a process that has imported torch crashes on macOS and can
+deadlock OpenMP on Linux. Each worker's stdout and stderr are a pipe that the daemon reads
+in its poll loop and writes to its log, prefixed with the slot and pid.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import multiprocessing
+import multiprocessing.process
+import os
+import signal
+import sys
+from multiprocessing import resource_tracker
+
+import psutil
+
+from workers.main import WorkerSpec, run
+
+log = logging.getLogger("supervisor.worker")
+TAIL_LINES = 20
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class WorkerProcess:
+    """One spawned worker: its process, its stderr pipe and the last lines it wrote."""
+
+    def __init__(self, slot: int, process: multiprocessing.process.BaseProcess,
+                 stderr_fd: int) -> None:
+        self.slot = slot
+        self.process = process
+        assert process.pid is not None
+        self.pid: int = process.pid
+        self.stderr_fd: int | None = stderr_fd
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self._partial = b""
+        try:
+            self.ps: psutil.Process | None = psutil.Process(self.pid)
+            self.ps.cpu_percent(None)  # the first call only starts the measurement
+        except psutil.Error:
+            self.ps = None
+
+    def poll_exit(self) -> int | None:
+        """Reap without blocking: the exit code, or None while it runs."""
+        return self.process.exitcode
+
+    def signal(self, signum: int) -> None:
+        try:
+            os.kill(self.pid, signum)
+        except ProcessLookupError:
+            pass  # already gone; the reap will tell
+
+    def read_stderr(self) -> None:
+        """Read what the pipe has, log complete lines; closes the pipe at end of file."""
+        if self.stderr_fd is None:
+            return
+        try:
+            data = os.read(self.stderr_fd, 65536)
+        except BlockingIOError:
+            return
+        if not data:
+            self._emit(self._partial)
+            self._partial = b""
+            self.close_stderr()
+            return
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._emit(line)
+
+    def _emit(self, raw: bytes) -> None:
+        line = raw.decode(errors="replace").rstrip()
+        if line:
+            self.tail.append(line)
+            log.info("[slot %d pid %d] %s", self.slot, self.pid, line)
+
+    def close_stderr(self) -> None:
+        if self.stderr_fd is not None:
+            os.close(self.stderr_fd)
+            self.stderr_fd = None
+
+    def resources(self) -> dict[str, float | int | None]:
+        if self.ps is None:
+            return {"rss_bytes": None, "cpu_percent": None}
+        try:
+            with self.ps.oneshot():
+                return {"rss_bytes": self.ps.memory_info().rss,
+                        "cpu_percent": self.ps.cpu_percent(None)}
+        except psutil.Error:
+            return {"rss_bytes": None, "cpu_percent": None}
+
+
+def start_helpers() -> None:
+    """Start multiprocessing's resource tracker now, before the instance marker and the
+    worker pipes exist: it is a helper of the daemon, not a worker, and it exits with the
+    daemon (it reads a pipe that closes then)."""
+    resource_tracker.ensure_running()
+
+
+class Spawner:
+    def __init__(self) -> None:
+        self.ctx = multiprocessing.get_context("spawn")
+
+    def spawn(self, spec: WorkerSpec) -> WorkerProcess:
+        # The resource tracker is started on the first spawn and would inherit the
+        # redirected stderr below; the daemon starts it early (see start_helpers).
+        resource_tracker.ensure_running()
+        read_fd, write_fd = os.pipe()
+        process = self.ctx.Process(target=run, args=(spec,), name=f"docbrain-worker-{spec.slot}",
+                                   daemon=False)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        try:
+            # The spawned interpreter inherits fds 1 and 2: point them at the pipe for
+            # the instant of the start, so even a crash while importing is captured.
+            os.dup2(write_fd, 1)
+            os.dup2(write_fd, 2)
+            process.start()
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in (*saved, write_fd):
+                os.close(fd)
+        os.set_blocking(read_fd, False)
+        return WorkerProcess(spec.slot, process, read_fd)

@@ -1,0 +1,50 @@
+"""The task registry of a worker process: name -> function, filled by the @task decorator."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+_NAME = re.compile(r"^[A-Za-z_][\w.\-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    fn: Callable[[Any], Any]
+    timeout: float | None = None  # seconds; None: the configured default
+    retryable: bool = False       # a task that raises is retried only if it says so
+
+
+_registry: dict[str, Task] = {}
+
+
+def task(name: str, *, timeout: float | None = None,
+         retryable: bool = False) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
+    """Register `fn(payload) -> result` under `name`; payload and result are JSON values."""
+    if not _NAME.match(name):
+        raise ValueError(f"invalid task name {name!r}")
+
+    def register(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        existing = _registry.get(name)
+        if existing is not None and existing.fn is not fn:
+            raise ValueError(f"task {name!r} is registered twice "
+                             f"({existing.fn.__module__} and {fn.__module__})")
+        _registry[name] = Task(name, fn, timeout, retryable)
+        return fn
+
+    return register
+
+
+def registered() -> dict[str, Task]:
+    return dict(_registry)
+
+
+def import_task_modules(modules: Iterable[str]) -> list[str]:
+    """Import the configured task modules; returns the registered task names."""
+    for module in modules:
+        importlib.import_module(module)
+    return sorted(_registry)
