@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 
 import psutil
@@ -78,12 +79,30 @@ def kill_stale(timeout: float = 5.0) -> list[StaleProcess]:
             item.process.send_signal(signal.SIGTERM)
         except psutil.NoSuchProcess:
             pass
-    _, left = psutil.wait_procs([s.process for s in stale], timeout=timeout)
+    left = _wait_gone([s.process for s in stale], timeout)
     for proc in left:
         log.warning("stale worker pid %d survived SIGTERM for %.1f s: SIGKILL", proc.pid, timeout)
         try:
             proc.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(left, timeout=timeout)
+    _wait_gone(left, timeout)
     return stale
+
+
+def _gone(proc: psutil.Process) -> bool:
+    try:
+        # An orphan's zombie waits for its new parent to reap it; it is dead all the same.
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until every process has died; returns those still alive after `timeout`."""
+    deadline = time.monotonic() + timeout
+    left = [p for p in procs if not _gone(p)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.02)
+        left = [p for p in left if not _gone(p)]
+    return left
