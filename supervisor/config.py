@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import textwrap
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -207,7 +208,8 @@ def render_example(guard_defaults: Mapping[str, str]) -> str:
         lines.append(f"[{section}]")
         defaults = cls()
         for f in dataclasses.fields(cls):
-            lines.append(f"# {f.metadata['help']}")
+            lines += textwrap.wrap(str(f.metadata["help"]), 88, initial_indent="# ",
+                                   subsequent_indent="# ")
             lines.append(f"{f.name} = {_toml_value(getattr(defaults, f.name))}")
         lines.append("")
     lines += [

@@ -267,3 +267,29 @@ def test_deep_state_dir_keeps_sockets_in_a_short_private_dir(tmp_path: Path) -> 
         assert not os.path.exists(paths.socket("control"))
     finally:
         inst.cleanup()
+
+
+def test_restart_replaces_daemon_and_workers(instance: Instance) -> None:
+    assert instance.ctl("start", "--workers", "1").returncode == 0
+    old = instance.wait_ready(1)
+    result = instance.ctl("restart", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    assert f"docbrain stopped (pid {old['supervisor']['pid']})" in result.stdout
+    new = instance.wait_ready(2)
+    assert new["supervisor"]["pid"] != old["supervisor"]["pid"]
+    assert pid_gone(old["workers"][0]["pid"])
+
+
+def test_unsupported_signals_do_not_kill_and_usr1_reopens_the_log(instance: Instance) -> None:
+    daemon = instance.start_foreground()
+    instance.wait_ready(2)
+    for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+        os.kill(daemon.pid, signum)
+    wait_for(lambda: instance.log_text.count("not supported by this version") == 3, 30,
+             "three ignored signals logged")
+    log = instance.state_dir / "logs" / "docbrain.log"
+    log.rename(log.with_suffix(".log.1"))
+    os.kill(daemon.pid, signal.SIGUSR1)
+    wait_for(lambda: "log file reopened" in instance.log_text, 30, "a new log file")
+    assert daemon.poll() is None
+    assert instance.wait_ready(2)["supervisor"]["state"] == "running"
