@@ -19,7 +19,10 @@ from typing import Any
 import zmq
 
 from supervisor import __version__, envguard, stale, wire
+from supervisor.broker import Broker
 from supervisor.control import ControlServer, RequestError
+from supervisor.lifecycle import Event
+from supervisor.journal import STATES
 from supervisor.logs import DaemonLog
 from supervisor.marker import MARKER_ENV, InstanceMarker
 from supervisor.paths import StatePaths
@@ -85,7 +88,7 @@ class Daemon:
         self._preload_models()                                       # (3)
         self._open_sockets()
         self.pool = WorkerPool(self.config, self.paths.endpoint("workers"), self.pid,
-                               Spawner(), self._send_to_worker)
+                               Spawner(), self._send_to_worker, self.broker)
         self.pool.start_all(time.monotonic())                        # (4)
         self.state = "running"
         self._loop()
@@ -104,7 +107,11 @@ class Daemon:
             "ping": lambda _args: {"pid": self.pid},
             "status": self._status,
             "stop": self._stop_request,
+            "jobs": self._jobs_request,
+            "job": self._job_request,
         })
+        self.broker = Broker(self.config, self.ctx, self.paths.endpoint("queue"),
+                             self.paths.journal)
         self.workers_sock = self.ctx.socket(zmq.ROUTER)
         self.workers_sock.setsockopt(zmq.LINGER, 0)
         self.workers_sock.bind(self.paths.endpoint("workers"))
@@ -119,7 +126,8 @@ class Daemon:
 
     def _loop(self) -> None:
         poller = zmq.Poller()
-        for watched in (self.control.sock, self.workers_sock, self._wake_r.fileno()):
+        for watched in (self.control.sock, self.broker.sock, self.workers_sock,
+                        self._wake_r.fileno()):
             poller.register(watched, zmq.POLLIN)
         pipes: set[int] = set()
         while not (self.state == "stopping" and self.pool.all_exited()):
@@ -135,6 +143,8 @@ class Daemon:
                 self._read_signals()
             if self.control.sock in events:
                 self.control.drain()
+            if self.broker.sock in events:
+                self.broker.drain()
             if self.workers_sock in events:
                 self._drain_workers()
             for fd, proc in fds.items():
@@ -142,7 +152,12 @@ class Daemon:
                     proc.read_stderr()
             now = time.monotonic()
             self.pool.reap(now)
+            for index, reason in self.broker.overdue(now):
+                self.pool.apply(self.pool.slots[index], Event.KILL, now, reason)
             self.pool.tick(now)
+            self.broker.flush()  # one commit, then acknowledgements and results
+            for index in self.broker.dispatch(self.pool.serving(), now, self._send_to_worker):
+                self.pool.apply(self.pool.slots[index], Event.JOB_STARTED, now)
 
     def _drain_workers(self) -> None:
         now = time.monotonic()
@@ -157,7 +172,15 @@ class Daemon:
                 self.frames_dropped += 1
                 log.debug("workers: dropped a malformed frame: %s", exc)
                 continue
-            self.pool.on_message(frames[0], message, now)
+            slot = self.pool.slot_for(frames[0])
+            if slot is None:
+                continue
+            if isinstance(message, wire.Result):
+                self.pool.apply(slot, Event.HEARTBEAT, now)
+                if self.broker.on_result(slot.index, message, now):
+                    self.pool.apply(slot, Event.JOB_IDLE, now)
+            else:
+                self.pool.on_message(slot, message, now)
 
     def _send_to_worker(self, routing_id: bytes, message: wire.Message) -> None:
         try:
@@ -209,8 +232,28 @@ class Daemon:
         self._begin_stop(None if timeout is None else float(timeout))
         return {"pid": self.pid}
 
+    def _jobs_request(self, args: dict[str, Any]) -> dict[str, Any]:
+        state, limit = args.get("state"), args.get("limit", 100)
+        if state is not None and state not in STATES:
+            raise RequestError(f"jobs: state must be one of {', '.join(STATES)}, got {state!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise RequestError(f"jobs: limit must be a positive integer, got {limit!r}")
+        return {"jobs": self.broker.recent(state, limit)}
+
+    def _job_request(self, args: dict[str, Any]) -> dict[str, Any]:
+        job_id = args.get("id")
+        info = self.broker.job_info(job_id) if isinstance(job_id, str) else None
+        if info is None:
+            raise RequestError(f"no such job: {job_id}")
+        return {"job": info}
+
     def _status(self, _args: dict[str, Any]) -> dict[str, Any]:
         now = time.monotonic()
+        workers = self.pool.status(now)
+        for row in workers:
+            current = self.broker.queue.current(row["slot"])
+            row["jobs_done"] = self.broker.jobs_done.get(row["slot"], 0)
+            row["current_job"] = current.id if current else None
         return {
             "supervisor": {
                 "pid": self.pid,
@@ -221,9 +264,10 @@ class Daemon:
                 "config": self.config.path,
                 "log_file": self.paths.log_file,
                 "frames_dropped": self.frames_dropped + self.control.dropped
-                + self.pool.foreign_messages,
+                + self.pool.foreign_messages + self.broker.dropped,
             },
-            "workers": self.pool.status(now),
+            "queue": self.broker.status(),
+            "workers": workers,
             "env": self.guards,
         }
 
@@ -236,6 +280,7 @@ class Daemon:
         if hasattr(self, "ctx"):
             signal.set_wakeup_fd(-1)
             self.control.close()
+            self.broker.close()
             self.workers_sock.close(linger=0)
             self.ctx.term()
             self._wake_r.close()

@@ -42,6 +42,7 @@ class Event(Enum):
     JOB_IDLE = "job_idle"    # the worker holds no job any more
     STOP = "stop"            # stop the slot for good
     EXIT = "exit"            # the process was reaped; detail says how it ended
+    KILL = "kill"            # kill it now (a job passed its time limit); detail says why
     TICK = "tick"            # time passed; deadlines are checked
 
 
@@ -195,6 +196,11 @@ def step(slot: Slot, event: Event, now: float, policy: Policy,
             return Transition(_enter(slot, WorkerState.EXITED, now, restart_at=None))
     if event is Event.EXIT and live:
         return _exit(slot, now, detail or "exited", policy)
+    if event is Event.KILL and live and not slot.killed:
+        # The state stays until the process is reaped (EXIT).
+        reason = None if state == WorkerState.STOPPING else detail
+        return Transition(replace(slot, killed=True, reason=reason), (Kill(signal.SIGKILL),),
+                          note=f"killing worker: {detail}")
     if event is Event.TICK:
         return _tick(slot, now, policy)
     return Transition(slot)

@@ -2,8 +2,9 @@
 
     state_dir/            0700
       docbrain.pid        flock'd by the running daemon
+      journal.sqlite3     the job journal (WAL)
       logs/docbrain.log   daemon log, with every worker's stderr
-      run/                0700: control.sock, workers.sock
+      run/                0700: control.sock, queue.sock, workers.sock
 
 A Unix socket path is limited to about 100 bytes. When state_dir/run is too deep for that,
 the sockets go to a short private directory derived from state_dir (the same for the
@@ -64,7 +65,11 @@ class StatePaths:
         return "ipc://" + self.socket(name)
 
     def socket_files(self) -> list[str]:
-        return [self.socket(n) for n in ("control", "workers")]
+        return [self.socket(n) for n in ("control", "queue", "workers")]
+
+    @property
+    def journal(self) -> str:
+        return os.path.join(self.state_dir, "journal.sqlite3")
 
     def create(self) -> None:
         """Make the directories (0700); refuse a socket directory someone else controls."""

@@ -11,7 +11,7 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from supervisor import lifecycle, wire
 from supervisor.lifecycle import Event, Kill, Policy, Slot, Spawn, WorkerState
@@ -21,6 +21,14 @@ from workers.main import WorkerSpec
 
 log = logging.getLogger(__name__)
 SendFn = Callable[[bytes, wire.Message], None]
+
+
+class PoolListener(Protocol):
+    """What the job broker needs to hear from the pool."""
+
+    def worker_ready(self, tasks: dict[str, Any]) -> None: ...
+
+    def worker_lost(self, slot: int, detail: str, count_attempt: bool) -> None: ...
 
 
 def policy_from(config: Config) -> Policy:
@@ -37,7 +45,7 @@ class WorkerSlot:
     index: int
     state: Slot = field(default_factory=Slot)
     proc: WorkerProcess | None = None
-    tasks: list[str] = field(default_factory=list)
+    tasks: dict[str, Any] = field(default_factory=dict)
     # The last lines the previous process wrote, to say why it died.
     last_tail: list[str] = field(default_factory=list)
 
@@ -48,7 +56,8 @@ class WorkerSlot:
 
 class WorkerPool:
     def __init__(self, config: Config, endpoint: str, daemon_pid: int,
-                 spawner: Spawner, send: SendFn) -> None:
+                 spawner: Spawner, send: SendFn, listener: PoolListener) -> None:
+        self.listener = listener
         self.config = config
         self.policy = policy_from(config)
         self.endpoint = endpoint
@@ -90,9 +99,10 @@ class WorkerPool:
             slot.proc = None
             self.apply(slot, Event.EXIT, now, f"spawn failed: {exc}")
             return
-        slot.tasks = []
+        slot.tasks = {}
         assert slot.routing_id is not None
         self._by_routing_id[slot.routing_id] = slot
+        self._by_routing_id[slot.routing_id + b":hb"] = slot  # its heartbeat thread
         log.info("slot %d: spawned worker pid %d", slot.index, slot.proc.pid)
 
     def start_all(self, now: float) -> None:
@@ -107,18 +117,22 @@ class WorkerPool:
 
     # -- facts from the outside world ----------------------------------------------------
 
-    def on_message(self, routing_id: bytes, message: wire.Message, now: float) -> None:
+    def slot_for(self, routing_id: bytes) -> WorkerSlot | None:
+        """The slot whose current process sent this; None for a dead one's late words."""
         slot = self._by_routing_id.get(routing_id)
-        if slot is None or slot.routing_id != routing_id:
-            self.foreign_messages += 1  # a dead incarnation's late words, or a stranger
-            return
+        if slot is None:
+            self.foreign_messages += 1
+        return slot
+
+    def on_message(self, slot: WorkerSlot, message: wire.Message, now: float) -> None:
         if isinstance(message, wire.Loading):
             self.apply(slot, Event.LOADING, now)
         elif isinstance(message, wire.Ready):
-            slot.tasks = list(message.tasks)
+            slot.tasks = dict(message.tasks)
             self.apply(slot, Event.READY, now)
             assert slot.proc is not None
             log.info("slot %d: worker pid %d READY", slot.index, slot.proc.pid)
+            self.listener.worker_ready(slot.tasks)
         elif isinstance(message, wire.Heartbeat):
             self.apply(slot, Event.HEARTBEAT, now)
         else:
@@ -137,11 +151,17 @@ class WorkerPool:
             proc.process.close()
             if slot.routing_id is not None:
                 self._by_routing_id.pop(slot.routing_id, None)
+                self._by_routing_id.pop(slot.routing_id + b":hb", None)
             detail = describe_exit(code)
             log.info("slot %d: worker pid %d %s", slot.index, proc.pid, detail)
             slot.last_tail = list(proc.tail)
             slot.proc = None
+            # A worker we asked to stop lost nothing by its own fault.
+            stopping = slot.state.state == WorkerState.STOPPING
+            reason = slot.state.reason
             self.apply(slot, Event.EXIT, now, detail)
+            self.listener.worker_lost(slot.index, f"{detail} ({reason})" if reason else detail,
+                                      count_attempt=not stopping)
 
     def tick(self, now: float) -> None:
         for slot in self.slots:
@@ -153,6 +173,11 @@ class WorkerPool:
                     self.send(slot.routing_id, wire.Heartbeat())
 
     # -- what the loop needs to know -----------------------------------------------------
+
+    def serving(self) -> list[tuple[int, bytes]]:
+        """(slot, routing id) of every worker that may be given jobs."""
+        return [(s.index, s.routing_id) for s in self.slots
+                if s.state.state in lifecycle.SERVING_STATES and s.routing_id is not None]
 
     def next_deadline(self) -> float:
         deadlines = [d for s in self.slots

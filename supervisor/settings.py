@@ -70,6 +70,10 @@ class WorkersSettings:
     heartbeat_liveness: int = _setting(
         5, "Heartbeats a worker may miss before it is killed and replaced.", at_least(1)
     )
+    credit: int = _setting(
+        16, "Jobs a worker may hold at once (the one it runs and those queued behind it). "
+        "Jobs held by a worker that dies are requeued.", at_least(1)
+    )
 
 
 @dataclass(frozen=True)
@@ -92,10 +96,32 @@ class RestartSettings:
     )
 
 
+@dataclass(frozen=True)
+class QueueSettings:
+    max_attempts: int = _setting(
+        3, "Runs of a job that may be lost (worker died, hung or passed the time limit) "
+        "before the job is dead-lettered.", at_least(1)
+    )
+    job_timeout: float = _setting(
+        300.0, "Seconds a job may run unless its task sets its own timeout.", above(0)
+    )
+    result_ttl: float = _setting(
+        86400.0, "Seconds finished jobs and their results are kept.", above(0)
+    )
+    max_payload_bytes: int = _setting(
+        1 << 20, "Largest payload accepted at submit, in bytes of JSON.", at_least(2)
+    )
+    synchronous: str = _setting(
+        "normal", "Journal durability: normal survives a killed daemon; full also survives "
+        "power loss, at one fsync per group commit.", one_of("normal", "full")
+    )
+
+
 SECTIONS: Mapping[str, type] = MappingProxyType({
     "supervisor": SupervisorSettings,
     "workers": WorkersSettings,
     "restart": RestartSettings,
+    "queue": QueueSettings,
 })
 
 # Variables that must never be set: it hides the fork-after-ObjC-init crash instead of
@@ -108,6 +134,7 @@ class Config:
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
     workers: WorkersSettings = field(default_factory=WorkersSettings)
     restart: RestartSettings = field(default_factory=RestartSettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
     # [env]: overrides of the environment guards (and any extra variable), name -> value.
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # The file it was read from, so a detached daemon reads the same one.

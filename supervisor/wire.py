@@ -1,21 +1,27 @@
 """Every frame that crosses a ZeroMQ socket, in one place.
 
-A message is two frames; ROUTER sockets add the peer's routing id (and REQ peers an empty
-delimiter) in front, which the socket owner strips before `decode`::
+A message is two frames, or three for a message that carries a JSON document (a job's
+payload or result) verbatim. ROUTER sockets add the peer's routing id (and REQ peers an
+empty delimiter) in front, which the socket owner strips before `decode`::
 
-    +---------------------------+----------------------------+
-    | header: 2 bytes           | body: UTF-8 JSON object    |
-    | VERSION | Command (uint8) | the message's fields       |
-    +---------------------------+----------------------------+
+    +---------------------------+-------------------------+-------------------------------+
+    | header: 2 bytes           | body: UTF-8 JSON object | data (only if carries_data):  |
+    | VERSION | Command (uint8) | the message's fields    | a JSON document, as bytes     |
+    +---------------------------+-------------------------+-------------------------------+
 
-Worker channel (worker DEALER -> daemon ROUTER ``workers.sock``; routing id "slot:pid"):
-    worker -> daemon: Loading, Ready, Heartbeat
-    daemon -> worker: Heartbeat
+Worker channel (worker DEALER -> daemon ROUTER ``workers.sock``; routing id "slot:pid",
+and "slot:pid:hb" for the worker's heartbeat thread):
+    worker -> daemon: Loading, Ready, Heartbeat, Result(+result)
+    daemon -> worker: Heartbeat, Job(+payload)
+Queue channel (client DEALER -> daemon ROUTER ``queue.sock``):
+    client -> daemon: Submit(+payload), Wait
+    daemon -> client: Accepted, Rejected, JobResult(+result)
 Control channel (docbrainctl REQ -> daemon ROUTER ``control.sock``):
     client -> daemon: Request        daemon -> client: Reply
 
-Anything else -- a wrong version, an unknown command, a body over MAX_BODY, a field of the
-wrong type -- raises `ProtocolError`; socket owners drop such input and count it.
+Anything else -- a wrong version, an unknown command, a body or data frame over its limit,
+a field of the wrong type -- raises `ProtocolError`; socket owners drop such input and
+count it. Whether a data frame is valid JSON is checked where it matters (at submit).
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from enum import IntEnum
 from typing import Any, ClassVar
 
 VERSION = 1
-MAX_BODY = 1 << 20  # bytes
+MAX_BODY = 1 << 20   # bytes of a message's JSON body
+MAX_DATA = 64 << 20  # bytes of a data frame, unless the socket owner sets its own limit
 
 
 class ProtocolError(ValueError):
@@ -40,6 +47,13 @@ class Command(IntEnum):
     LOADING = 1
     READY = 2
     HEARTBEAT = 3
+    JOB = 4
+    RESULT = 5
+    SUBMIT = 8
+    ACCEPTED = 9
+    REJECTED = 10
+    WAIT = 11
+    JOB_RESULT = 12
     REQUEST = 16
     REPLY = 17
 
@@ -54,12 +68,71 @@ class Loading:
 @dataclass(frozen=True)
 class Ready:
     command: ClassVar[Command] = Command.READY
-    tasks: list[str] = field(default_factory=list)
+    # task name -> {"timeout": seconds or None, "retryable": bool}
+    tasks: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Heartbeat:
     command: ClassVar[Command] = Command.HEARTBEAT
+
+
+@dataclass(frozen=True)
+class Job:
+    command: ClassVar[Command] = Command.JOB
+    carries_data: ClassVar[bool] = True
+    id: str
+    task: str
+    data: bytes = b"null"  # the payload, JSON
+
+
+@dataclass(frozen=True)
+class Result:
+    command: ClassVar[Command] = Command.RESULT
+    carries_data: ClassVar[bool] = True
+    id: str
+    ok: bool
+    error: dict[str, Any] | None = None  # {"type", "message", "traceback"} when not ok
+    data: bytes = b"null"  # the result, JSON
+
+
+@dataclass(frozen=True)
+class Submit:
+    command: ClassVar[Command] = Command.SUBMIT
+    carries_data: ClassVar[bool] = True
+    id: str              # chosen by the client: a resent Submit is not a second job
+    task: str
+    wait: bool = False   # push the JobResult when the job ends
+    data: bytes = b"null"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    command: ClassVar[Command] = Command.ACCEPTED
+    id: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    command: ClassVar[Command] = Command.REJECTED
+    id: str
+    error: str
+
+
+@dataclass(frozen=True)
+class Wait:
+    command: ClassVar[Command] = Command.WAIT
+    id: str
+
+
+@dataclass(frozen=True)
+class JobResult:
+    command: ClassVar[Command] = Command.JOB_RESULT
+    carries_data: ClassVar[bool] = True
+    id: str
+    state: str                             # done, failed, dead, or unknown
+    error: dict[str, Any] | None = None    # failed: type, message, traceback; dead: reason
+    data: bytes = b"null"
 
 
 @dataclass(frozen=True)
@@ -77,16 +150,36 @@ class Reply:
     error: str | None = None
 
 
-Message = Loading | Ready | Heartbeat | Request | Reply
+Message = (Loading | Ready | Heartbeat | Job | Result | Submit | Accepted | Rejected | Wait
+           | JobResult | Request | Reply)
 _BY_COMMAND: dict[int, type] = {cls.command: cls for cls in typing.get_args(Message)}
+# Per class: field name -> type hint, without the data frame; resolved once.
+_HINTS: dict[type, dict[str, Any]] = {
+    cls: {k: v for k, v in typing.get_type_hints(cls).items()
+          if k in {f.name for f in dataclasses.fields(cls)} and k != "data"}
+    for cls in _BY_COMMAND.values()
+}
+_REQUIRED: dict[type, frozenset[str]] = {
+    cls: frozenset(f.name for f in dataclasses.fields(cls)
+                   if f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING)
+    for cls in _BY_COMMAND.values()
+}
+_DUMPS = json.JSONEncoder(separators=(",", ":")).encode
 
 
-def encode(message: Message) -> list[bytes]:
-    body = json.dumps(dataclasses.asdict(message), separators=(",", ":")).encode()
+def encode(message: Message, max_data: int = MAX_DATA) -> list[bytes]:
+    cls = type(message)
+    body = _DUMPS({k: getattr(message, k) for k in _HINTS[cls]}).encode()
     if len(body) > MAX_BODY:
-        raise ProtocolError(f"{type(message).__name__} body is {len(body)} bytes "
-                            f"(limit {MAX_BODY})")
-    return [bytes((VERSION, message.command)), body]
+        raise ProtocolError(f"{cls.__name__} body is {len(body)} bytes (limit {MAX_BODY})")
+    frames = [bytes((VERSION, message.command)), body]
+    if getattr(cls, "carries_data", False):
+        data: bytes = message.data  # type: ignore[union-attr]
+        if len(data) > max_data:
+            raise ProtocolError(f"{cls.__name__} data is {len(data)} bytes (limit {max_data})")
+        frames.append(data)
+    return frames
 
 
 def _matches(value: Any, hint: Any) -> bool:
@@ -109,11 +202,11 @@ def _matches(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)
 
 
-def decode(frames: list[bytes]) -> Message:
-    """Parse the two frames of a message, or raise ProtocolError saying what is wrong."""
-    if len(frames) != 2:
-        raise ProtocolError(f"expected 2 frames, got {len(frames)}")
-    header, body = frames
+def decode(frames: list[bytes], max_data: int = MAX_DATA) -> Message:
+    """Parse the frames of a message, or raise ProtocolError saying what is wrong."""
+    if len(frames) not in (2, 3):
+        raise ProtocolError(f"expected 2 or 3 frames, got {len(frames)}")
+    header, body = frames[0], frames[1]
     if len(header) != 2:
         raise ProtocolError(f"header is {len(header)} bytes, expected 2")
     if header[0] != VERSION:
@@ -121,22 +214,30 @@ def decode(frames: list[bytes]) -> Message:
     cls = _BY_COMMAND.get(header[1])
     if cls is None:
         raise ProtocolError(f"unknown command {header[1]}")
+    carries_data = getattr(cls, "carries_data", False)
+    if len(frames) != (3 if carries_data else 2):
+        raise ProtocolError(f"{cls.__name__}: expected {3 if carries_data else 2} frames, "
+                            f"got {len(frames)}")
+    if carries_data and len(frames[2]) > max_data:
+        raise ProtocolError(f"{cls.__name__} data is {len(frames[2])} bytes (limit {max_data})")
     if len(body) > MAX_BODY:
         raise ProtocolError(f"body is {len(body)} bytes (limit {MAX_BODY})")
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(f"body is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError("body is not a JSON object")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = _HINTS[cls]
     for key, value in data.items():
-        if key not in fields:
+        hint = hints.get(key)
+        if hint is None:
             raise ProtocolError(f"{cls.__name__}: unknown field {key!r}")
-        if not _matches(value, hints[key]):
+        if not _matches(value, hint):
             raise ProtocolError(f"{cls.__name__}.{key}: wrong type {type(value).__name__}")
-    try:
-        return typing.cast(Message, cls(**data))
-    except TypeError as exc:  # a required field is missing
-        raise ProtocolError(f"{cls.__name__}: {exc}") from None
+    missing = _REQUIRED[cls] - data.keys()
+    if missing:
+        raise ProtocolError(f"{cls.__name__}: missing field(s) {', '.join(sorted(missing))}")
+    if carries_data:
+        data["data"] = frames[2]
+    return typing.cast(Message, cls(**data))

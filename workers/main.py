@@ -6,20 +6,24 @@ so nothing here may depend on module-level state of the daemon.
 
 from __future__ import annotations
 
+import collections
 import ctypes
+import json
 import logging
 import os
 import signal
 import socket
 import sys
+import threading
 import time
+import traceback
 from dataclasses import dataclass
 
 import zmq
 
 from supervisor import wire
 from supervisor.marker import SLOT_ENV
-from workers.tasks import import_task_modules
+from workers.tasks import Task, import_task_modules
 
 log = logging.getLogger("workers")
 _PR_SET_PDEATHSIG = 1
@@ -45,18 +49,41 @@ def _die_with_parent(daemon_pid: int) -> None:
         os._exit(1)
 
 
+def _heartbeats(ctx: zmq.Context, endpoint: str, routing_id: bytes, interval: float,
+                stop: threading.Event) -> None:
+    """A thread of its own, so that a worker busy with a long job still shows it is alive;
+    a stopped (SIGSTOP) or wedged process falls silent and is replaced."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTING_ID, routing_id)
+    sock.connect(endpoint)
+    beat = wire.encode(wire.Heartbeat())
+    try:
+        while True:
+            sock.send_multipart(beat)
+            if stop.wait(interval):
+                return
+    finally:
+        sock.close(linger=0)
+
+
 class Worker:
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
         self.ctx = zmq.Context.instance()
+        self.routing_id = f"{spec.slot}:{os.getpid()}".encode()
         self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.ROUTING_ID, f"{spec.slot}:{os.getpid()}".encode())
+        self.sock.setsockopt(zmq.LINGER, 2000)  # let the last results out at exit
+        self.sock.setsockopt(zmq.ROUTING_ID, self.routing_id)
         self.sock.connect(spec.endpoint)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.stopping = False
+        self.inbox: collections.deque[wire.Job] = collections.deque()
+        self.heard = time.monotonic()
+        self.tasks: dict[str, Task] = {}
+        self._stop_beats = threading.Event()
 
     def _install_signals(self) -> None:
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
@@ -73,29 +100,43 @@ class Worker:
         self._install_signals()
         spec = self.spec
         self.send(wire.Loading(slot=spec.slot, pid=os.getpid()))
-        names = import_task_modules(spec.tasks)
-        self.send(wire.Ready(tasks=names))
-        log.info("ready with tasks: %s", ", ".join(names) or "(none)")
+        self.tasks = import_task_modules(spec.tasks)
+        threading.Thread(target=_heartbeats, name="heartbeats", daemon=True, args=(
+            self.ctx, spec.endpoint, self.routing_id + b":hb", spec.heartbeat_interval,
+            self._stop_beats)).start()
+        self.send(wire.Ready(tasks={
+            name: {"timeout": t.timeout, "retryable": t.retryable}
+            for name, t in self.tasks.items()}))
+        log.info("ready with tasks: %s", ", ".join(sorted(self.tasks)))
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self._wake_r.fileno(), zmq.POLLIN)
         silence_limit = spec.heartbeat_interval * spec.heartbeat_liveness
-        heard = next_beat = time.monotonic()
-        while not self.stopping:
-            now = time.monotonic()
-            if now >= next_beat:
-                self.send(wire.Heartbeat())
-                next_beat = now + spec.heartbeat_interval
-            if now - heard > silence_limit:
-                log.error("daemon silent for %.1f s; exiting", now - heard)
-                return 1
-            events = dict(poller.poll(max(0.0, next_beat - now) * 1000))
+        while True:
+            wait = 0 if self.inbox else spec.heartbeat_interval * 1000
+            events = dict(poller.poll(wait))
             if self._wake_r.fileno() in events:  # plain fds come back as ints
                 self._read_signals()
-            if self.sock in events:
-                heard = time.monotonic()
-                self._drain()
-        return 0
+            self._drain()
+            if self.stopping:
+                return 0  # jobs not started are requeued by the daemon
+            if self.inbox:
+                self.send(self._run(self.inbox.popleft()))
+            elif time.monotonic() - self.heard > silence_limit:
+                log.error("daemon silent for %.1f s; exiting", time.monotonic() - self.heard)
+                return 1
+
+    def _run(self, job: wire.Job) -> wire.Result:
+        task = self.tasks.get(job.task)
+        try:
+            if task is None:
+                raise LookupError(f"this worker has no task {job.task!r}")
+            value = task.fn(json.loads(job.data))
+            return wire.Result(id=job.id, ok=True, data=json.dumps(value).encode())
+        except Exception as exc:  # the task's failure is the job's result, not ours
+            return wire.Result(id=job.id, ok=False, error={
+                "type": type(exc).__name__, "message": str(exc),
+                "traceback": traceback.format_exc()})
 
     def _read_signals(self) -> None:
         try:
@@ -112,13 +153,18 @@ class Worker:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            self.heard = time.monotonic()
             try:
-                wire.decode(frames)
+                message = wire.decode(frames)
             except wire.ProtocolError as exc:
-                log.warning("dropped a malformed frame from the daemon: %s", exc)
+                log.warning("dropped a malformed message from the daemon: %s", exc)
+                continue
+            if isinstance(message, wire.Job):
+                self.inbox.append(message)
 
     def close(self) -> None:
-        self.sock.close(linger=0)
+        self._stop_beats.set()
+        self.sock.close()
         self.ctx.term()
 
 

@@ -43,8 +43,11 @@ def registered() -> dict[str, Task]:
     return dict(_registry)
 
 
-def import_task_modules(modules: Iterable[str]) -> list[str]:
-    """Import the configured task modules; returns the registered task names."""
-    for module in modules:
+BUILTIN_MODULES = ("workers.builtin",)
+
+
+def import_task_modules(modules: Iterable[str]) -> dict[str, Task]:
+    """Import the built-in and the configured task modules; returns the registry."""
+    for module in (*BUILTIN_MODULES, *modules):
         importlib.import_module(module)
-    return sorted(_registry)
+    return dict(_registry)

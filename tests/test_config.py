@@ -1,0 +1,334 @@
+"""Configuration: defaults < TOML file < DOCBRAIN_* environment < CLI, and the env guards.
+
+Every call passes `environ` explicitly so that the developer's own environment cannot leak in.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+
+from supervisor import envguard
+from supervisor.config import ConfigError, load_config, render_example
+from supervisor.settings import (
+    FORBIDDEN_ENV,
+    Config,
+    RestartSettings,
+    SupervisorSettings,
+    WorkersSettings,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "etc" / "docbrain.toml"
+FORK_SAFETY = "OBJC_DISABLE_INITIALIZE_FORK_SAFETY"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """A minimal environment: state_dir goes under tmp_path, no DOCBRAIN_* variables."""
+    return {"XDG_STATE_HOME": str(tmp_path / "xdg")}
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "docbrain.toml"
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def config_error(**kwargs: Any) -> str:
+    """Load, expect a ConfigError, and return its message (which must be one line)."""
+    with pytest.raises(ConfigError) as info:
+        load_config(**kwargs)
+    message = str(info.value)
+    assert message and "\n" not in message
+    return message
+
+
+# -- where values come from ----------------------------------------------------------------
+
+def test_defaults_without_a_file(env: dict[str, str], tmp_path: Path) -> None:
+    config = load_config(environ=env)
+    assert config.workers == WorkersSettings()
+    assert config.restart == RestartSettings()
+    assert config.supervisor == SupervisorSettings(state_dir=str(tmp_path / "xdg" / "docbrain"))
+    assert dict(config.env) == {}
+    assert config.path is None
+
+
+def test_file_values(env: dict[str, str], tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        [supervisor]
+        log_level = "debug"
+        [workers]
+        count = 3
+        tasks = ["mytasks.ocr", "mytasks.embed"]
+        load_timeout = 45
+        [restart]
+        backoff_start = 0.5
+        flap_limit = 9
+        """)
+    config = load_config(path, environ=env)
+    assert config.supervisor.log_level == "debug"
+    assert config.workers.count == 3
+    assert config.workers.tasks == ("mytasks.ocr", "mytasks.embed")
+    assert config.workers.load_timeout == 45.0
+    assert isinstance(config.workers.load_timeout, float)  # an int is accepted for a float
+    assert config.restart.backoff_start == 0.5
+    assert config.restart.flap_limit == 9
+    assert config.restart.backoff_max == RestartSettings().backoff_max  # untouched keys default
+    assert config.path == path
+
+
+def test_path_from_docbrain_config(env: dict[str, str], tmp_path: Path) -> None:
+    path = write(tmp_path, "[workers]\ncount = 7\n")
+    config = load_config(environ={**env, "DOCBRAIN_CONFIG": path})
+    assert config.workers.count == 7
+    assert config.path == path
+
+
+@pytest.mark.parametrize(("use_env", "cli", "expected"), [
+    (False, None, 3),   # file
+    (True, None, 5),    # env over file
+    (True, 4, 4),       # CLI over env
+    (False, 4, 4),      # CLI over file
+])
+def test_precedence(env: dict[str, str], tmp_path: Path, use_env: bool, cli: int | None,
+                    expected: int) -> None:
+    path = write(tmp_path, "[workers]\ncount = 3\n")
+    environ = {**env, "DOCBRAIN_WORKERS_COUNT": "5"} if use_env else env
+    config = load_config(path, environ=environ, overrides={"workers.count": cli})
+    assert config.workers.count == expected
+
+
+def test_env_values_are_parsed_to_the_field_type(env: dict[str, str]) -> None:
+    config = load_config(environ={
+        **env,
+        "DOCBRAIN_RESTART_BACKOFF_MAX": "12.5",
+        "DOCBRAIN_WORKERS_HEARTBEAT_LIVENESS": "7",
+        "DOCBRAIN_SUPERVISOR_LOG_LEVEL": "warning",
+    })
+    assert config.restart.backoff_max == 12.5
+    assert config.workers.heartbeat_liveness == 7
+    assert config.supervisor.log_level == "warning"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("a.b, c ,,d", ("a.b", "c", "d")),
+    ("single", ("single",)),
+    ("", ()),
+    ('["x", "y.z"]', ("x", "y.z")),
+    ("  []", ()),
+])
+def test_list_from_env(env: dict[str, str], text: str, expected: tuple[str, ...]) -> None:
+    config = load_config(environ={**env, "DOCBRAIN_WORKERS_TASKS": text})
+    assert config.workers.tasks == expected
+
+
+def test_env_list_overrides_file_list(env: dict[str, str], tmp_path: Path) -> None:
+    path = write(tmp_path, '[workers]\ntasks = ["from.file"]\n')
+    config = load_config(path, environ={**env, "DOCBRAIN_WORKERS_TASKS": "from.env"})
+    assert config.workers.tasks == ("from.env",)
+
+
+def test_env_section_and_docbrain_env_variables(env: dict[str, str], tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        [env]
+        OMP_NUM_THREADS = "3"
+        HF_HOME = "/models"
+        RETRIES = 2
+        """)
+    config = load_config(path, environ={**env, "DOCBRAIN_ENV_OMP_NUM_THREADS": "6",
+                                        "DOCBRAIN_ENV_EXTRA": "yes"})
+    assert dict(config.env) == {"OMP_NUM_THREADS": "6", "HF_HOME": "/models",
+                                "RETRIES": "2", "EXTRA": "yes"}
+    assert isinstance(config.env, MappingProxyType)  # the frozen config stays frozen
+
+
+def test_state_dir_default_from_xdg_state_home() -> None:
+    config = load_config(environ={"XDG_STATE_HOME": "/srv/state"})
+    assert config.supervisor.state_dir == "/srv/state/docbrain"
+
+
+def test_state_dir_default_without_xdg(monkeypatch: pytest.MonkeyPatch,
+                                       tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = load_config(environ={})
+    assert config.supervisor.state_dir == str(tmp_path / ".local" / "state" / "docbrain")
+
+
+def test_state_dir_is_expanded_and_absolute(env: dict[str, str], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = load_config(environ={**env, "DOCBRAIN_SUPERVISOR_STATE_DIR": "~/st"})
+    assert config.supervisor.state_dir == str(tmp_path / "st")
+
+
+def test_to_dict_lists_every_section(env: dict[str, str]) -> None:
+    data = load_config(environ={**env, "DOCBRAIN_WORKERS_TASKS": "a,b",
+                                "DOCBRAIN_ENV_X": "1"}).to_dict()
+    assert set(data) == {"supervisor", "workers", "restart", "queue", "env"}
+    assert data["workers"]["tasks"] == ["a", "b"]
+    assert data["env"] == {"X": "1"}
+
+
+# -- errors --------------------------------------------------------------------------------
+
+FILE_ERRORS: list[tuple[str, str, str]] = [
+    ("unknown-key", "[workers]\nbogus = 1\n", "workers.bogus: unknown key"),
+    ("unknown-section", "[nope]\nx = 1\n", "nope: unknown section"),
+    ("string-for-int", '[workers]\ncount = "4"\n',
+     "workers.count: expected an integer, got a string"),
+    ("bool-for-int", "[workers]\ncount = true\n",
+     "workers.count: expected an integer, got a boolean"),
+    ("float-for-int", "[workers]\ncount = 2.5\n",
+     "workers.count: expected an integer, got a number"),
+    ("bool-for-float", "[restart]\nbackoff_max = false\n",
+     "restart.backoff_max: expected a number, got a boolean"),
+    ("string-for-list", '[workers]\ntasks = "a"\n',
+     "workers.tasks: expected a list of strings, got a string"),
+    ("ints-in-list", "[workers]\ntasks = [1]\n", "workers.tasks: expected a list of strings"),
+    ("count-zero", "[workers]\ncount = 0\n", "workers.count: must be at least 1, got 0"),
+    ("negative-timeout", "[workers]\nload_timeout = -1\n", "workers.load_timeout: must be"),
+    ("bad-log-level", '[supervisor]\nlog_level = "loud"\n', "supervisor.log_level: must be one"),
+    ("section-not-table", "workers = 3\n", "workers: expected a table"),
+    ("max-below-start", "[restart]\nbackoff_start = 5\nbackoff_max = 1\n",
+     "restart.backoff_max: must not be below restart.backoff_start"),
+    ("forbidden-env", f'[env]\n{FORK_SAFETY} = "YES"\n', f"env.{FORK_SAFETY}: "),
+    ("env-bool", "[env]\nX = true\n", "env.X: expected a string, got a boolean"),
+    ("env-table", "[env.X]\nY = 1\n", "env.X: expected a string, got a table"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), [(t, e) for _, t, e in FILE_ERRORS],
+                         ids=[i for i, _, _ in FILE_ERRORS])
+def test_file_error(env: dict[str, str], tmp_path: Path, text: str, expected: str) -> None:
+    message = config_error(path=write(tmp_path, text), environ=env)
+    assert message.startswith(expected)
+
+
+def test_forbidden_env_message_says_why(env: dict[str, str], tmp_path: Path) -> None:
+    message = config_error(path=write(tmp_path, f'[env]\n{FORK_SAFETY} = "YES"\n'),
+                           environ=env)
+    assert "must not be set" in message
+
+
+def test_invalid_toml_names_the_file(env: dict[str, str], tmp_path: Path) -> None:
+    path = write(tmp_path, "[workers\ncount = 3\n")
+    message = config_error(path=path, environ=env)
+    assert message.startswith(f"config file {path}: invalid TOML")
+    assert "line 1" in message
+
+
+def test_missing_file(env: dict[str, str], tmp_path: Path) -> None:
+    path = str(tmp_path / "absent.toml")
+    assert config_error(path=path, environ=env) == f"config file {path}: not found"
+
+
+ENV_ERRORS: list[tuple[str, str, str]] = [
+    ("DOCBRAIN_WORKERS_COUNT", "abc",
+     "DOCBRAIN_WORKERS_COUNT: expected an integer, got 'abc'"),
+    ("DOCBRAIN_WORKERS_COUNT", "2.0", "DOCBRAIN_WORKERS_COUNT: expected an integer"),
+    ("DOCBRAIN_WORKERS_COUNT", "0", "workers.count: must be at least 1, got 0"),
+    ("DOCBRAIN_RESTART_BACKOFF_START", "soon",
+     "DOCBRAIN_RESTART_BACKOFF_START: expected a number, got 'soon'"),
+    ("DOCBRAIN_WORKERS_TASKS", "[1, 2]", "DOCBRAIN_WORKERS_TASKS: expected a list of strings"),
+    ("DOCBRAIN_WORKERS_TASKS", '["a"', "DOCBRAIN_WORKERS_TASKS: not a TOML list"),
+    ("DOCBRAIN_SUPERVISOR_LOG_LEVEL", "DEBUG", "supervisor.log_level: must be one of"),
+    (f"DOCBRAIN_ENV_{FORK_SAFETY}", "YES", f"DOCBRAIN_ENV_{FORK_SAFETY}: {FORK_SAFETY} must "
+                                           "not be set"),
+    ("DOCBRAIN_ENV_1BAD", "x", "DOCBRAIN_ENV_1BAD: '1BAD' is not a valid environment"),
+]
+
+
+@pytest.mark.parametrize(("var", "value", "expected"), ENV_ERRORS,
+                         ids=[f"{v}={x}" for v, x, _ in ENV_ERRORS])
+def test_env_error(env: dict[str, str], var: str, value: str, expected: str) -> None:
+    assert config_error(environ={**env, var: value}).startswith(expected)
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ({"workers.count": "4"}, "workers.count: expected an integer, got a string"),
+    ({"workers.count": True}, "workers.count: expected an integer, got a boolean"),
+    ({"workers.count": 0}, "workers.count: must be at least 1, got 0"),
+])
+def test_cli_error(env: dict[str, str], overrides: dict[str, Any], expected: str) -> None:
+    assert config_error(environ=env, overrides=overrides) == expected
+
+
+# -- the example file ----------------------------------------------------------------------
+
+def test_example_file_is_generated_from_the_settings() -> None:
+    assert EXAMPLE.read_text() == render_example(envguard.guard_defaults(cores=1, workers=1))
+
+
+def test_example_does_not_depend_on_the_cores() -> None:
+    assert (render_example(envguard.guard_defaults(cores=64, workers=3))
+            == render_example(envguard.guard_defaults(cores=1, workers=1)))
+
+
+def test_example_file_loads_to_the_defaults(env: dict[str, str]) -> None:
+    from_file = load_config(str(EXAMPLE), environ=env)
+    defaults = load_config(environ=env)
+    assert from_file.to_dict() == defaults.to_dict()
+    assert from_file.path == str(EXAMPLE)
+
+
+def test_example_documents_every_setting_and_no_forbidden_variable() -> None:
+    text = render_example(envguard.guard_defaults(cores=4, workers=2))
+    config = Config()
+    for section, values in config.to_dict().items():
+        if section == "env":
+            continue
+        assert f"[{section}]" in text
+        for key in values:
+            assert f"\n{key} = " in text
+    assert FORK_SAFETY not in text
+
+
+# -- environment guards --------------------------------------------------------------------
+
+@pytest.mark.parametrize(("cores", "workers", "expected"), [
+    (8, 2, 4), (8, 3, 2), (16, 1, 16), (3, 4, 1), (1, 1, 1), (0, 2, 1), (8, 0, 8),
+])
+def test_thread_budget(cores: int, workers: int, expected: int) -> None:
+    assert envguard.thread_budget(cores, workers) == expected
+    guards = envguard.guard_defaults(cores, workers)
+    assert guards["OMP_NUM_THREADS"] == guards["MKL_NUM_THREADS"] == str(expected)
+
+
+def test_guards_use_the_configured_worker_count(env: dict[str, str]) -> None:
+    config = load_config(environ=env, overrides={"workers.count": 4})
+    guards = envguard.guards(config, cores=12)
+    assert guards["OMP_NUM_THREADS"] == "3"
+    assert guards["TOKENIZERS_PARALLELISM"] == "false"
+    assert guards["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_env_section_overrides_a_guard_and_adds_variables(env: dict[str, str],
+                                                          tmp_path: Path) -> None:
+    path = write(tmp_path, '[env]\nOMP_NUM_THREADS = "7"\nCUDA_VISIBLE_DEVICES = "0"\n'
+                           'HF_HOME = "/m"\n')
+    guards = envguard.guards(load_config(path, environ=env), cores=8)
+    assert guards["OMP_NUM_THREADS"] == "7"
+    assert guards["CUDA_VISIBLE_DEVICES"] == "0"
+    assert guards["HF_HOME"] == "/m"
+    assert guards["MKL_NUM_THREADS"] == "4"  # 8 cores // 2 workers: not overridden
+
+
+@pytest.mark.parametrize(("cores", "workers"), [(1, 1), (8, 2), (128, 7)])
+def test_fork_safety_override_is_never_a_guard(env: dict[str, str], cores: int,
+                                               workers: int) -> None:
+    assert FORK_SAFETY in FORBIDDEN_ENV
+    assert FORK_SAFETY not in envguard.guard_defaults(cores, workers)
+    config = load_config(environ=env, overrides={"workers.count": workers})
+    assert FORK_SAFETY not in envguard.guards(config, cores=cores)
+
+
+def test_apply_sets_the_variables() -> None:
+    target = {"KEEP": "1", "OMP_NUM_THREADS": "99"}
+    envguard.apply({"OMP_NUM_THREADS": "2", "NEW": "x"}, environ=target)
+    assert target == {"KEEP": "1", "OMP_NUM_THREADS": "2", "NEW": "x"}
