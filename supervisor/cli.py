@@ -247,3 +247,7 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+# The job commands register themselves on `cli`; imported last, as they use the helpers above.
+from supervisor import cli_jobs  # noqa: E402,F401

@@ -131,6 +131,12 @@ class Client:
         With return_exceptions, a failed, dead or rejected job yields its exception
         instead of raising it.
         """
+        for _job_id, value in self.map_with_ids(task, payloads, timeout, return_exceptions):
+            yield value
+
+    def map_with_ids(self, task: str, payloads: Iterable[Any], timeout: float | None = None,
+                     return_exceptions: bool = False) -> Iterator[tuple[str, Any]]:
+        """As `map`, yielding (job id, result) pairs."""
         outstanding: list[str] = []
         source = iter(payloads)
         exhausted = False
@@ -153,7 +159,7 @@ class Client:
                 if not return_exceptions:
                     raise
                 value = exc
-            yield value
+            yield head, value
 
     # -- plumbing ------------------------------------------------------------------------
 

@@ -1,0 +1,148 @@
+"""docbrainctl's job commands: submit, jobs, job."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import IO, Any
+
+import click
+
+from supervisor import render
+from supervisor.cli import _call, _config, _paths, _running, cli, fail
+from supervisor.client import Client, DaemonNotRunning, JobDead, JobError, JobFailed, JobRejected
+from supervisor.journal import STATES
+
+
+def _parse_json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        fail(2, f"{where} is not JSON: {exc}")
+
+
+def _read_jsonl(path: str) -> list[Any]:
+    """Every line of the input, parsed; a bad line stops everything before a job is sent."""
+    payloads = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if line.strip():
+                payloads.append(_parse_json(line, f"{path} line {number}"))
+    return payloads
+
+
+def _client(ctx: click.Context) -> Client:
+    config = _config(ctx)
+    _running(_paths(config))
+    try:
+        return Client(config)
+    except DaemonNotRunning as exc:
+        fail(3, str(exc))
+
+
+@cli.command()
+@click.argument("task")
+@click.argument("payload_json", required=False)
+@click.option("--wait", is_flag=True, help="Wait for the job and print its result as JSON.")
+@click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False),
+              help="JSON Lines file: one job per line (its payload).")
+@click.option("--output", "output_path", type=click.Path(dir_okay=False),
+              help="With --input: where to write one line per job, in input order "
+                   "(default: stdout).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds to wait for results (default: no limit).")
+@click.pass_context
+def submit(ctx: click.Context, task: str, payload_json: str | None, wait: bool,
+           input_path: str | None, output_path: str | None, timeout: float | None) -> None:
+    """Submit a job of TASK with PAYLOAD_JSON (default null); print its id."""
+    if input_path and payload_json is not None:
+        fail(2, "give either PAYLOAD_JSON or --input, not both")
+    if output_path and not input_path:
+        fail(2, "--output needs --input")
+    if input_path:
+        payloads = _read_jsonl(input_path)
+        with _client(ctx) as client:
+            if output_path:
+                with open(output_path, "w", encoding="utf-8") as out:
+                    code = _submit_many(client, task, payloads, out, timeout)
+            else:
+                code = _submit_many(client, task, payloads, sys.stdout, timeout)
+        if code:
+            fail(code, "some jobs did not end done; see their lines in the output")
+        return
+    payload = None if payload_json is None else _parse_json(payload_json, "PAYLOAD_JSON")
+    with _client(ctx) as client:
+        try:
+            job_id = client.submit(task, payload)
+            if not wait:
+                click.echo(job_id)
+                return
+            click.echo(json.dumps(client.result(job_id, timeout)))
+        except JobRejected as exc:
+            fail(2, f"rejected: {exc}")
+        except (JobFailed, JobDead) as exc:
+            fail(1, str(exc))
+        except TimeoutError as exc:
+            fail(1, str(exc))
+
+
+def _submit_many(client: Client, task: str, payloads: list[Any], out: IO[str],
+                 timeout: float | None) -> int:
+    failed = 0
+    with click.progressbar(length=len(payloads), label=f"{task}", file=sys.stderr) as bar:
+        for job_id, value in client.map_with_ids(task, payloads, timeout,
+                                                 return_exceptions=True):
+            line: dict[str, Any] = {"id": job_id}
+            if isinstance(value, JobError):
+                failed += 1
+                line["state"] = {JobFailed: "failed", JobDead: "dead"}.get(type(value),
+                                                                            "rejected")
+                line["error"] = _error_of(value)
+            else:
+                line.update(state="done", result=value)
+            out.write(json.dumps(line) + "\n")
+            bar.update(1)
+    out.flush()
+    return 1 if failed else 0
+
+
+def _error_of(exc: JobError) -> dict[str, Any]:
+    if isinstance(exc, JobFailed):
+        return {"type": exc.type, "message": exc.message, "traceback": exc.traceback}
+    if isinstance(exc, JobDead):
+        return {"reason": exc.reason}
+    return {"reason": str(exc)}
+
+
+@cli.command()
+@click.option("--state", type=click.Choice(STATES), default=None, help="Only jobs in this state.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
+              help="How many of the newest jobs.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for programs.")
+@click.pass_context
+def jobs(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> None:
+    """List the newest jobs."""
+    config = _config(ctx)
+    _running(_paths(config))
+    rows = _call(config, "jobs", **({"state": state} if state else {}), limit=limit)["jobs"]
+    if as_json:
+        click.echo(json.dumps({"jobs": rows}, indent=2))
+        return
+    now = time.time()
+    table = [[r["id"], r["task"], r["state"], str(r["attempts"]), str(r["runs"]),
+              render.duration(now - r["submitted"]) + " ago",
+              (r["error"] or {}).get("reason") or (r["error"] or {}).get("message") or "-"]
+             for r in rows]
+    click.echo(render.table(["ID", "TASK", "STATE", "ATTEMPTS", "RUNS", "SUBMITTED", "ERROR"],
+                            table))
+
+
+@cli.command()
+@click.argument("job_id")
+@click.pass_context
+def job(ctx: click.Context, job_id: str) -> None:
+    """Show one job, with its result or error, as JSON."""
+    config = _config(ctx)
+    _running(_paths(config))
+    click.echo(json.dumps(_call(config, "job", id=job_id)["job"], indent=2))

@@ -1,0 +1,79 @@
+"""docbrainctl submit / jobs / job against a real daemon."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import Instance
+
+TASKS = """\
+from workers import task
+
+@task("demo.double")
+def double(payload):
+    if payload == "boom":
+        raise ValueError("cannot double boom")
+    return payload * 2
+"""
+
+
+def test_submit_jobs_and_job(instance: Instance) -> None:
+    instance.write_task_module("demo_tasks", TASKS)
+    instance.write_config('tasks = ["demo_tasks"]\n', workers=1)
+    assert instance.ctl("submit", "echo", "1").returncode == 3  # no daemon yet
+    assert instance.ctl("start").returncode == 0
+
+    waited = instance.ctl("submit", "demo.double", "21", "--wait")
+    assert waited.returncode == 0, waited.stderr
+    assert json.loads(waited.stdout) == 42
+
+    queued = instance.ctl("submit", "echo", '{"a": [1, 2]}')
+    assert queued.returncode == 0
+    job_id = queued.stdout.strip()
+    assert len(job_id) == 32
+
+    failed = instance.ctl("submit", "demo.double", '"boom"', "--wait")
+    assert failed.returncode == 1
+    assert failed.stderr.strip().endswith("failed: ValueError: cannot double boom")
+
+    # Bad input: one line, exit 2, nothing submitted.
+    before = instance.status()["queue"]  # type: ignore[index]
+    for args, message in [
+        (("echo", "{a"), "PAYLOAD_JSON is not JSON"),
+        (("no.such.task", "1"), "rejected: unknown task 'no.such.task'"),
+        (("echo", "1", "--output", "x.jsonl"), "--output needs --input"),
+    ]:
+        result = instance.ctl("submit", *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    bad_input = instance.root / "bad.jsonl"
+    bad_input.write_text('1\n{"x": \n3\n')
+    result = instance.ctl("submit", "echo", "--input", str(bad_input))
+    assert result.returncode == 2 and "bad.jsonl line 2 is not JSON" in result.stderr
+    after = instance.status()["queue"]  # type: ignore[index]
+    assert sum(after.values()) == sum(before.values())
+
+    # --input / --output: one line per job, in input order, failures included.
+    source = instance.root / "in.jsonl"
+    source.write_text("\n".join(json.dumps(p) for p in [1, "ab", "boom", [3]]) + "\n")
+    out = instance.root / "out.jsonl"
+    many = instance.ctl("submit", "demo.double", "--input", str(source), "--output", str(out))
+    assert many.returncode == 1  # one job failed
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["state"] for line in lines] == ["done", "done", "failed", "done"]
+    assert [line.get("result") for line in lines] == [2, "abab", None, [3, 3]]
+    assert lines[2]["error"]["type"] == "ValueError"
+    assert "Traceback" in lines[2]["error"]["traceback"]
+
+    shown = instance.ctl("job", job_id)
+    assert shown.returncode == 0
+    info = json.loads(shown.stdout)
+    assert info["state"] == "done" and info["result"] == {"a": [1, 2]}
+    assert instance.ctl("job", "nope").returncode == 1
+
+    listed = json.loads(instance.ctl("jobs", "--json", "--state", "failed").stdout)["jobs"]
+    assert len(listed) == 2 and {j["state"] for j in listed} == {"failed"}
+    table = instance.ctl("jobs", "--limit", "3").stdout.splitlines()
+    assert table[0].split()[:3] == ["ID", "TASK", "STATE"] and len(table) == 4
+    assert instance.ctl("jobs", "--state", "bogus").returncode == 2
