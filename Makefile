@@ -26,6 +26,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
 # etc/docbrain.toml is generated from the settings' definitions (supervisor/settings.py).
 example-config: $(STAMP)
 	$(BIN)/docbrainctl config --example > etc/docbrain.toml

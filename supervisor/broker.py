@@ -34,6 +34,8 @@ class Broker:
         self.sock.setsockopt(zmq.LINGER, 0)
         # A peer sending a bigger message is disconnected by ZeroMQ before we see it.
         self.sock.setsockopt(zmq.MAXMSGSIZE, q.max_payload_bytes + wire.MAX_BODY)
+        # A ROUTER drops what does not fit a client's queue: room for a big pipelined map.
+        self.sock.setsockopt(zmq.SNDHWM, 200_000)
         self.sock.bind(endpoint)
         self.journal = Journal(journal_path, q.synchronous)
         self.queue = JobQueue(q.max_attempts)

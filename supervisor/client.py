@@ -88,7 +88,8 @@ class Client:
         self.sock = self._ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.connect(paths.endpoint("queue"))
-        self._sent: dict[str, tuple[list[bytes], float]] = {}  # unanswered: frames, sent at
+        # Unanswered requests: job id -> (the Submit's frames, or None for a Wait; sent at).
+        self._sent: dict[str, tuple[list[bytes] | None, float]] = {}
         self._acks: dict[str, wire.Accepted | wire.Rejected] = {}
         self._results: dict[str, wire.JobResult] = {}
 
@@ -166,7 +167,8 @@ class Client:
     def _send(self, key: str, message: wire.Message) -> None:
         frames = wire.encode(message)
         self.sock.send_multipart(frames)
-        self._sent[key] = (frames, time.monotonic())
+        self._sent[key] = (frames if isinstance(message, wire.Submit) else None,
+                           time.monotonic())
 
     def _check_ack(self, job_id: str) -> None:
         ack = self._acks.pop(job_id, None)
@@ -199,9 +201,8 @@ class Client:
                 self._acks[message.id] = message
                 if isinstance(message, wire.Rejected):
                     self._sent.pop(message.id, None)
-                else:  # still waiting for its result: keep it for resending as a Wait
-                    self._sent[message.id] = (wire.encode(wire.Wait(id=message.id)),
-                                              time.monotonic())
+                elif message.id in self._sent:  # now waiting for its result: resend a Wait
+                    self._sent[message.id] = (None, self._sent[message.id][1])
             elif isinstance(message, wire.JobResult):
                 self._results[message.id] = message
                 self._sent.pop(message.id, None)
@@ -211,5 +212,5 @@ class Client:
         now = time.monotonic()
         for key, (frames, sent_at) in list(self._sent.items()):
             if now - sent_at >= RESEND_AFTER:
-                self.sock.send_multipart(frames)
+                self.sock.send_multipart(frames or wire.encode(wire.Wait(id=key)))
                 self._sent[key] = (frames, now)

@@ -27,7 +27,7 @@ from supervisor.logs import DaemonLog
 from supervisor.marker import MARKER_ENV, InstanceMarker
 from supervisor.paths import StatePaths
 from supervisor.pidfile import AlreadyRunning, PidFile
-from supervisor.pool import WorkerPool
+from supervisor.pool import WorkerPool, WorkerSlot
 from supervisor.settings import Config
 from supervisor.spawner import Spawner, start_helpers
 
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
                    signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
 MAX_POLL_WAIT = 1.0  # seconds; deadlines are usually nearer
+REAP_EVERY = 0.5     # seconds between reaps that no SIGCHLD asked for
 
 
 class Daemon:
@@ -47,6 +48,7 @@ class Daemon:
         self.state = "starting"
         self.guards: dict[str, str] = {}
         self.frames_dropped = 0
+        self._next_reap = 0.0
 
     # -- start-up ------------------------------------------------------------------------
 
@@ -151,7 +153,9 @@ class Daemon:
                 if fd in events:
                     proc.read_stderr()
             now = time.monotonic()
-            self.pool.reap(now)
+            if now >= self._next_reap:  # SIGCHLD reaps at once; this is the safety net
+                self._next_reap = now + REAP_EVERY
+                self.pool.reap(now)
             for index, reason in self.broker.overdue(now):
                 self.pool.apply(self.pool.slots[index], Event.KILL, now, reason)
             self.pool.tick(now)
@@ -161,11 +165,12 @@ class Daemon:
 
     def _drain_workers(self) -> None:
         now = time.monotonic()
+        spoke: dict[int, WorkerSlot] = {}
         while True:
             try:
                 frames = self.workers_sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
             try:
                 message = wire.decode(frames[1:])
             except wire.ProtocolError as exc:
@@ -176,11 +181,13 @@ class Daemon:
             if slot is None:
                 continue
             if isinstance(message, wire.Result):
-                self.pool.apply(slot, Event.HEARTBEAT, now)
+                spoke[slot.index] = slot
                 if self.broker.on_result(slot.index, message, now):
                     self.pool.apply(slot, Event.JOB_IDLE, now)
             else:
                 self.pool.on_message(slot, message, now)
+        for slot in spoke.values():  # a result is a sign of life; one event per pass will do
+            self.pool.apply(slot, Event.HEARTBEAT, now)
 
     def _send_to_worker(self, routing_id: bytes, message: wire.Message) -> None:
         try:
