@@ -106,8 +106,12 @@ def _start_detached(config: Config, paths: StatePaths, workers: int | None) -> N
     while True:
         code = daemon.poll()
         if code is not None:
+            lines = _log_since(paths.log_file, offset)
+            for line in lines:
+                if "startup failed: " in line:  # the daemon's own account of why
+                    fail(1, line.split("startup failed: ", 1)[1])
             fail(1, f"the daemon exited with code {code} while starting; "
-                 f"see {paths.log_file}", _log_since(paths.log_file, offset))
+                 f"see {paths.log_file}", lines)
         status = _try_status(config, paths)
         if status is not None:
             states = [w["state"] for w in status["workers"]]

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from supervisor.settings import FORBIDDEN_ENV, SECTIONS, Config
+from supervisor.settings import DEFAULT_MODELS, FORBIDDEN_ENV, SECTIONS, Config, ModelSettings
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -129,6 +129,7 @@ def load_config(
     path = path or environ.get(CONFIG_ENV) or None
     values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     env_vars: dict[str, str] = {}
+    models: Mapping[str, ModelSettings] = DEFAULT_MODELS
 
     if path is not None:
         path = str(Path(path).expanduser().resolve())
@@ -141,9 +142,12 @@ def load_config(
                     key, text = _env_entry(name, value, f"env.{name}")
                     env_vars[key] = text
                 continue
+            if section == "models":
+                models = _models(table)
+                continue
             if section not in SECTIONS:
                 raise ConfigError(f"{section}: unknown section (known: "
-                                  f"{', '.join([*SECTIONS, 'env'])})")
+                                  f"{', '.join([*SECTIONS, 'models', 'env'])})")
             if not isinstance(table, dict):
                 raise ConfigError(f"{section}: expected a table, got {_type_name(table)}")
             types = _field_types(SECTIONS[section])
@@ -184,7 +188,40 @@ def load_config(
     built["supervisor"] = dataclasses.replace(built["supervisor"], state_dir=state_dir)
     if built["restart"].backoff_max < built["restart"].backoff_start:
         raise ConfigError("restart.backoff_max: must not be below restart.backoff_start")
-    return Config(**built, env=MappingProxyType(env_vars), path=path)
+    return Config(**built, models=MappingProxyType(models), env=MappingProxyType(env_vars),
+                  path=path)
+
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+def _models(table: Any) -> dict[str, ModelSettings]:
+    """[models.NAME] tables; an empty [models] table means no model at all."""
+    if not isinstance(table, dict):
+        raise ConfigError("models: expected a table of [models.NAME] tables")
+    types = _field_types(ModelSettings)
+    models = {}
+    for name, entry in table.items():
+        where = f"models.{name}"
+        if not _MODEL_NAME.match(name):
+            raise ConfigError(f"{where}: invalid model name")
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a table, got {_type_name(entry)}")
+        values = {}
+        for key, value in entry.items():
+            if key not in types:
+                raise ConfigError(f"{where}.{key}: unknown key")
+            values[key] = _coerce(value, types[key], f"{where}.{key}")
+        model = ModelSettings(**values)
+        for f in dataclasses.fields(ModelSettings):
+            check = f.metadata.get("check")
+            problem = check(getattr(model, f.name)) if check else None
+            if problem:
+                raise ConfigError(f"{where}.{f.name}: {problem}")
+        if bool(model.path) == bool(model.package):
+            raise ConfigError(f"{where}: set exactly one of path and package")
+        models[name] = model
+    return models
 
 
 def _toml_value(value: Any) -> str:
@@ -212,6 +249,21 @@ def render_example(guard_defaults: Mapping[str, str]) -> str:
             lines += textwrap.wrap(str(f.metadata["help"]), 88, initial_indent="# ",
                                    subsequent_indent="# ")
             lines.append(f"{f.name} = {_toml_value(getattr(defaults, f.name))}")
+        lines.append("")
+    lines += [
+        "# Models, loaded once by the daemon before any worker starts and shared with the",
+        "# workers. Without a [models] table: the built-in default below. An empty [models]",
+        "# table: no model.",
+    ]
+    for name, model in DEFAULT_MODELS.items():
+        lines.append(f"[models.{name}]")
+        for f in dataclasses.fields(ModelSettings):
+            lines += textwrap.wrap(str(f.metadata["help"]), 88, initial_indent="# ",
+                                   subsequent_indent="# ")
+            value = getattr(model, f.name)
+            line = f"{f.name} = {_toml_value(value)}"
+            lines.append(line if value != getattr(ModelSettings(), f.name) or f.name == "kind"
+                         else "# " + line)
         lines.append("")
     lines += [
         "[env]",

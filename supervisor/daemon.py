@@ -25,6 +25,7 @@ from supervisor.lifecycle import Event
 from supervisor.journal import STATES
 from supervisor.logs import DaemonLog
 from supervisor.marker import MARKER_ENV, InstanceMarker
+from supervisor.models import ModelLoadError, preload
 from supervisor.paths import StatePaths
 from supervisor.pidfile import AlreadyRunning, PidFile
 from supervisor.pool import WorkerPool, WorkerSlot
@@ -87,21 +88,18 @@ class Daemon:
         os.environ[MARKER_ENV] = marker.encode()
         log.info("environment guards: %s",
                  " ".join(f"{k}={v!r}" for k, v in sorted(self.guards.items())))
-        self._preload_models()                                       # (3)
+        try:
+            self.models = preload(self.config.models)                # (3)
+        except ModelLoadError as exc:
+            log.error("startup failed: %s", exc)
+            return 1
         self._open_sockets()
         self.pool = WorkerPool(self.config, self.paths.endpoint("workers"), self.pid,
-                               Spawner(), self._send_to_worker, self.broker)
+                               Spawner(), self._send_to_worker, self.broker, self.models)
         self.pool.start_all(time.monotonic())                        # (4)
         self.state = "running"
         self._loop()
         return 0
-
-    def _preload_models(self) -> None:
-        """Load every configured model once, before any worker exists.
-
-        The configuration has no models section yet, so there is nothing to load; this is
-        where the model registry plugs in, after the guards and before the first spawn.
-        """
 
     def _open_sockets(self) -> None:
         self.ctx = zmq.Context()

@@ -36,6 +36,8 @@ def guard_defaults(cores: int, workers: int) -> dict[str, str]:
         "PYTORCH_ENABLE_MPS_FALLBACK": "1",
         # The tokenizers' Rust thread pool warns and can deadlock across process starts.
         "TOKENIZERS_PARALLELISM": "false",
+        # Models load from local files only: nothing is downloaded at run time.
+        "HF_HUB_OFFLINE": "1",
         **{name: threads for name in THREAD_VARS},
     }
 

@@ -56,8 +56,10 @@ class WorkerSlot:
 
 class WorkerPool:
     def __init__(self, config: Config, endpoint: str, daemon_pid: int,
-                 spawner: Spawner, send: SendFn, listener: PoolListener) -> None:
+                 spawner: Spawner, send: SendFn, listener: PoolListener,
+                 models: dict[str, Any] | None = None) -> None:
         self.listener = listener
+        self.models = models or {}
         self.config = config
         self.policy = policy_from(config)
         self.endpoint = endpoint
@@ -91,7 +93,7 @@ class WorkerPool:
         spec = WorkerSpec(slot=slot.index, endpoint=self.endpoint, daemon_pid=self.daemon_pid,
                           tasks=tuple(w.tasks), heartbeat_interval=w.heartbeat_interval,
                           heartbeat_liveness=w.heartbeat_liveness,
-                          log_level=self.config.supervisor.log_level)
+                          log_level=self.config.supervisor.log_level, models=self.models)
         try:
             slot.proc = self.spawner.spawn(spec)
         except OSError as exc:

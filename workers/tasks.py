@@ -17,14 +17,20 @@ class Task:
     fn: Callable[[Any], Any]
     timeout: float | None = None  # seconds; None: the configured default
     retryable: bool = False       # a task that raises is retried only if it says so
+    batch: bool = False           # fn takes a list of payloads, returns a list of results
 
 
 _registry: dict[str, Task] = {}
 
 
-def task(name: str, *, timeout: float | None = None,
-         retryable: bool = False) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
-    """Register `fn(payload) -> result` under `name`; payload and result are JSON values."""
+def task(name: str, *, timeout: float | None = None, retryable: bool = False,
+         batch: bool = False) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
+    """Register `fn(payload) -> result` under `name`; payload and result are JSON values.
+
+    With batch=True, `fn(payloads) -> results` gets every job of this task that the worker
+    holds at once (one forward pass for many small jobs); an item of the result that is an
+    Exception fails that job alone.
+    """
     if not _NAME.match(name):
         raise ValueError(f"invalid task name {name!r}")
 
@@ -33,7 +39,7 @@ def task(name: str, *, timeout: float | None = None,
         if existing is not None and existing.fn is not fn:
             raise ValueError(f"task {name!r} is registered twice "
                              f"({existing.fn.__module__} and {fn.__module__})")
-        _registry[name] = Task(name, fn, timeout, retryable)
+        _registry[name] = Task(name, fn, timeout, retryable, batch)
         return fn
 
     return register
