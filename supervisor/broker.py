@@ -49,7 +49,6 @@ class Broker:
         self.outbox: list[tuple[bytes, wire.Message]] = []
         self.jobs_done: dict[int, int] = {}
         self.dropped = 0
-        self.duplicate_runs = 0  # runs beyond the first: the price of at-least-once
         self._next_purge = 0.0
         if self.queue.pending:
             log.info("journal: %d job(s) to run from before", len(self.queue.pending))
@@ -63,7 +62,9 @@ class Broker:
             except zmq.Again:
                 return
             try:
-                message = wire.decode(frames[1:], self.config.queue.max_payload_bytes)
+                # Size is checked in _check, to answer with a rejection; ZeroMQ's own limit
+                # (MAXMSGSIZE) already keeps what arrives bounded.
+                message = wire.decode(frames[1:])
             except wire.ProtocolError as exc:
                 self.dropped += 1
                 log.debug("queue: dropped a malformed message: %s", exc)
@@ -144,11 +145,14 @@ class Broker:
         if msg.ok:
             self._finish(job, DONE, result=msg.data)
         elif self.catalog.get(job.task, {}).get("retryable") and \
-                job.runs < self.config.queue.max_attempts:
+                job.runs < self.config.queue.max_attempts:  # runs: times really started
             self.queue.requeue(job)
         else:
             self._finish(job, FAILED, error=msg.error)
         return self.queue.held(slot) == 0
+
+    def jobs_started(self, slot: int, job_ids: list[str], now: float) -> None:
+        self.queue.start(slot, job_ids, now)
 
     def worker_lost(self, slot: int, detail: str, count_attempt: bool) -> None:
         loss = self.queue.lose(slot, count_attempt)
@@ -157,9 +161,9 @@ class Broker:
             log.error("job %s (%s) dead: %s", job.id, job.task, reason)
             self._finish(job, DEAD, error={"reason": reason})
         if loss.requeued:
-            head = loss.requeued[0]
-            if count_attempt and head.attempts:
-                self.journal.lost(head.id, head.attempts, head.runs)
+            for job in loss.requeued:
+                if job.runs:
+                    self.journal.lost(job.id, job.attempts, job.runs)
             log.warning("slot %d: worker %s; %d job(s) back in the queue", slot, detail,
                         len(loss.requeued))
 
@@ -178,8 +182,6 @@ class Broker:
             while self.queue.pending and self.queue.held(slot) < credit:
                 job = self.queue.assign(slot, now)
                 assert job is not None
-                if job.runs > 1:
-                    self.duplicate_runs += 1
                 send(routing_id, wire.Job(id=job.id, task=job.task, data=job.payload))
                 if slot not in fed:
                     fed.append(slot)
@@ -218,7 +220,7 @@ class Broker:
         running = len(self.queue.running)
         return {"pending": self.counts[PENDING] - running, "running": running,
                 "done": self.counts[DONE], "failed": self.counts[FAILED],
-                "dead": self.counts[DEAD], "duplicate_runs": self.duplicate_runs}
+                "dead": self.counts[DEAD], "duplicate_runs": self.queue.duplicate_runs}
 
     def recent(self, state: str | None, limit: int) -> list[dict[str, Any]]:
         """The newest jobs, with the running ones shown as such."""

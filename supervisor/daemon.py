@@ -37,6 +37,7 @@ HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
                    signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
 MAX_POLL_WAIT = 1.0  # seconds; deadlines are usually nearer
 REAP_EVERY = 0.5     # seconds between reaps that no SIGCHLD asked for
+MAX_LIST = 100_000   # most jobs one `jobs` request lists
 
 
 class Daemon:
@@ -145,12 +146,13 @@ class Daemon:
                 self.control.drain()
             if self.broker.sock in events:
                 self.broker.drain()
-            if self.workers_sock in events:
-                self._drain_workers()
+            now = time.monotonic()
+            # Pipes before results: a worker says "starting" on its pipe before it runs.
             for fd, proc in fds.items():
                 if fd in events:
-                    proc.read_stderr()
-            now = time.monotonic()
+                    self.pool.read_stderr(proc, now)
+            if self.workers_sock in events:
+                self._drain_workers()
             if now >= self._next_reap:  # SIGCHLD reaps at once; this is the safety net
                 self._next_reap = now + REAP_EVERY
                 self.pool.reap(now)
@@ -241,8 +243,9 @@ class Daemon:
         state, limit = args.get("state"), args.get("limit", 100)
         if state is not None and state not in STATES:
             raise RequestError(f"jobs: state must be one of {', '.join(STATES)}, got {state!r}")
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise RequestError(f"jobs: limit must be a positive integer, got {limit!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST:
+            raise RequestError(f"jobs: limit must be an integer from 1 to {MAX_LIST}, "
+                               f"got {limit!r}")
         return {"jobs": self.broker.recent(state, limit)}
 
     def _job_request(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """Where every unfinished job is, in memory: pending, or held by a worker slot.
 
-No I/O and no clock (time is passed in). A worker runs the jobs it holds one after another,
-in the order they were handed to it, so the first job a slot holds is the one it is running:
-when the worker dies, that job lost a run (an attempt); the others behind it lost nothing and
-go back to the front of the queue, in order.
+No I/O and no clock (time is passed in). A worker holds up to its credit of jobs and says
+which ones it starts (a job, or a batch of jobs of one task) before it runs them. When the
+worker dies, the jobs it had started and not finished lost a run (an attempt); the others
+it held lost nothing and go back to the front of the queue, in order.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ class QueuedJob:
     task: str
     payload: bytes
     attempts: int = 0     # runs lost to a dying, hung or timed-out worker
-    runs: int = 0         # times handed to a worker
+    runs: int = 0         # times a worker started it
     slot: int | None = None
+    started: bool = False  # started by the slot that holds it now
 
 
 @dataclass
@@ -31,10 +32,12 @@ class Loss:
 class JobQueue:
     def __init__(self, max_attempts: int) -> None:
         self.max_attempts = max_attempts
+        self.duplicate_runs = 0  # starts beyond a job's first: the price of at-least-once
         self.pending: deque[QueuedJob] = deque()
         self.running: dict[str, QueuedJob] = {}
         self._held: dict[int, deque[QueuedJob]] = {}
-        self._head_since: dict[int, float] = {}  # when the slot's first held job started
+        # Per slot: the jobs it started last and has not finished, and when it started them.
+        self._started: dict[int, tuple[list[QueuedJob], float]] = {}
         self._unheld: dict[str, QueuedJob] = {}  # pending, by id
 
     def push(self, job: QueuedJob) -> None:
@@ -49,8 +52,9 @@ class JobQueue:
         return len(self._held.get(slot, ()))
 
     def current(self, slot: int) -> QueuedJob | None:
-        jobs = self._held.get(slot)
-        return jobs[0] if jobs else None
+        """The job the slot runs now (the first of its batch), if any."""
+        started = self._started.get(slot)
+        return started[0][0] if started and started[0] else None
 
     def assign(self, slot: int, now: float) -> QueuedJob | None:
         """Hand the oldest pending job to `slot`."""
@@ -59,13 +63,26 @@ class JobQueue:
         job = self.pending.popleft()
         del self._unheld[job.id]
         job.slot = slot
-        job.runs += 1
-        jobs = self._held.setdefault(slot, deque())
-        if not jobs:
-            self._head_since[slot] = now
-        jobs.append(job)
+        job.started = False
+        self._held.setdefault(slot, deque()).append(job)
         self.running[job.id] = job
         return job
+
+    def start(self, slot: int, job_ids: list[str], now: float) -> list[QueuedJob]:
+        """The slot's worker says it starts these jobs (of those it holds)."""
+        started = [job for job_id in job_ids
+                   if (job := self.running.get(job_id)) is not None and job.slot == slot]
+        for job in started:
+            self._mark_started(job)
+        self._started[slot] = (started, now)
+        return started
+
+    def _mark_started(self, job: QueuedJob) -> None:
+        if not job.started:
+            job.started = True
+            job.runs += 1
+            if job.runs > 1:
+                self.duplicate_runs += 1
 
     def complete(self, slot: int, job_id: str, now: float) -> QueuedJob | None:
         """The slot reported the job's end; None if the slot did not hold it."""
@@ -73,11 +90,13 @@ class JobQueue:
         jobs = self._held.get(slot)
         if job is None or job.slot != slot or not jobs:
             return None
-        was_head = jobs[0] is job
+        # Its result can overtake the line that says it started (they travel apart).
+        self._mark_started(job)
         jobs.remove(job)
         del self.running[job_id]
-        if was_head:
-            self._head_since[slot] = now  # the next one starts now
+        started = self._started.get(slot)
+        if started and job in started[0]:
+            started[0].remove(job)
         return job
 
     def requeue(self, job: QueuedJob) -> None:
@@ -87,14 +106,15 @@ class JobQueue:
         self._unheld[job.id] = job
 
     def lose(self, slot: int, count_attempt: bool) -> Loss:
-        """The slot's worker is gone: its running job lost an attempt, the rest go back."""
+        """The slot's worker is gone: the jobs it was running lost an attempt, the rest go
+        back without losing one."""
         jobs = list(self._held.pop(slot, ()))
-        self._head_since.pop(slot, None)
+        running = self._started.pop(slot, ([], 0.0))[0] if count_attempt else []
         dead = []
-        for i, job in enumerate(jobs):
+        for job in jobs:
             del self.running[job.id]
             job.slot = None
-            if i == 0 and count_attempt:
+            if job in running:
                 job.attempts += 1
                 if job.attempts >= self.max_attempts:
                     dead.append(job)
@@ -107,9 +127,9 @@ class JobQueue:
                 default: float) -> list[tuple[int, QueuedJob, float]]:
         """(slot, job, limit) for each slot whose running job passed its time limit."""
         late = []
-        for slot, jobs in self._held.items():
+        for slot, (jobs, since) in self._started.items():
             if jobs:
                 limit = timeout_of.get(jobs[0].task) or default
-                if now - self._head_since[slot] > limit:
+                if now - since > limit:
                     late.append((slot, jobs[0], limit))
         return late

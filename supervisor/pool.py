@@ -28,6 +28,8 @@ class PoolListener(Protocol):
 
     def worker_ready(self, tasks: dict[str, Any]) -> None: ...
 
+    def jobs_started(self, slot: int, job_ids: list[str], now: float) -> None: ...
+
     def worker_lost(self, slot: int, detail: str, count_attempt: bool) -> None: ...
 
 
@@ -148,7 +150,7 @@ class WorkerPool:
             code = proc.poll_exit()
             if code is None:
                 continue
-            proc.read_stderr()  # whatever it wrote last belongs before its death notice
+            self.read_stderr(proc, now)  # what it wrote last comes before its death notice
             proc.close_stderr()
             proc.process.close()
             if slot.routing_id is not None:
@@ -185,6 +187,12 @@ class WorkerPool:
         deadlines = [d for s in self.slots
                      if (d := lifecycle.next_deadline(s.state, self.policy)) is not None]
         return min([self._next_beat, *deadlines])
+
+    def read_stderr(self, proc: WorkerProcess, now: float) -> None:
+        """Log what the worker wrote; pass on which jobs it said it started."""
+        proc.read_stderr()
+        for job_ids in proc.take_starts():
+            self.listener.jobs_started(proc.slot, job_ids, now)
 
     def stderr_fds(self) -> dict[int, WorkerProcess]:
         return {s.proc.stderr_fd: s.proc for s in self.slots

@@ -18,6 +18,7 @@ from multiprocessing import resource_tracker
 
 import psutil
 
+from supervisor.wire import START_MARK
 from workers.main import WorkerSpec, run
 
 log = logging.getLogger("supervisor.worker")
@@ -47,6 +48,7 @@ class WorkerProcess:
         self.stderr_fd: int | None = stderr_fd
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self._partial = b""
+        self._starts: list[list[str]] = []
         try:
             self.ps: psutil.Process | None = psutil.Process(self.pid)
             self.ps.cpu_percent(None)  # the first call only starts the measurement
@@ -81,7 +83,15 @@ class WorkerProcess:
         for line in lines:
             self._emit(line)
 
+    def take_starts(self) -> list[list[str]]:
+        """The job-start lines read since the last call, oldest first."""
+        starts, self._starts = self._starts, []
+        return starts
+
     def _emit(self, raw: bytes) -> None:
+        if raw.startswith(START_MARK):
+            self._starts.append(raw[len(START_MARK):].decode(errors="replace").split())
+            return
         line = raw.decode(errors="replace").rstrip()
         if line:
             self.tail.append(line)

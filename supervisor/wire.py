@@ -39,6 +39,13 @@ MAX_BODY = 1 << 20   # bytes of a message's JSON body
 MAX_DATA = 64 << 20  # bytes of a data frame, unless the socket owner sets its own limit
 
 
+# Besides the sockets: before a worker runs jobs it writes this line, with their ids, to its
+# stderr pipe. A write to a pipe is in the kernel at once, so it survives the worker's
+# sudden death (a message queued on a ZeroMQ socket may not), and the daemon knows which
+# jobs were running when a worker died.
+START_MARK = b"\x1edocbrain-start "
+
+
 class ProtocolError(ValueError):
     """A frame that is not a valid message of this protocol."""
 

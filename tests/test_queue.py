@@ -263,20 +263,14 @@ def test_job_that_kills_its_worker_goes_dead_after_three_attempts(
     assert f"killed by {name}" in dead.value.reason
     info = job(instance, bad)
     assert (info["state"], info["attempts"]) == ("dead", 3)
-    # Each hand-out ran it (only it kills workers). Usually 3 runs; a 4th when a lost
-    # attempt was charged to the job before it (see the xfail test on attribution below).
-    assert executions(log)[("suicide", "bad")] == info["runs"] >= 3
+    # Only it kills workers, and each of its runs was charged to it: exactly 3 runs.
+    assert executions(log)[("suicide", "bad")] == info["runs"] == 3
     instance.wait_status(
         lambda s: s["queue"]["done"] == 50 and s["queue"]["dead"] == 1
         and sum(w["restarts"] for w in s["workers"]) == info["runs"], 30,
         "50 done, 1 dead, a restart per run of the bad job")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a worker that dies right after sending a result can take that result with it (ZeroMQ "
-    "sends from its I/O thread); broker.Broker.worker_lost / JobQueue.lose then charge the "
-    "lost attempt to the finished job at the head of the slot's held jobs instead of the "
-    "job that was running, and run the finished job again"))
 def test_lost_attempt_is_charged_to_the_job_that_was_running(
         instance: Instance, tmp_path: Path) -> None:
     log = tmp_path / "runs.log"
@@ -290,7 +284,9 @@ def test_lost_attempt_is_charged_to_the_job_that_was_running(
             assert c.result(crash, timeout=30) == k
             assert job(instance, done)["attempts"] == 0, f"pair {k}: the finished job charged"
             assert job(instance, crash)["attempts"] == 1, f"pair {k}: the crash not charged"
-            assert executions(log)[("big", k)] == 1, f"pair {k}: the finished job ran again"
+            # Its result can die with the worker (queued in ZeroMQ, not yet sent): then it
+            # runs again -- at-least-once -- but without being charged an attempt.
+            assert executions(log)[("big", k)] <= 2, f"pair {k}: the finished job ran 3 times"
 
 
 def test_stopped_worker_is_killed_and_its_job_finished_elsewhere(
@@ -557,10 +553,6 @@ def test_unknown_task_and_bad_payload_are_rejected_and_change_nothing(
     assert call(instance, "status")["queue"]["done"] == before["done"] + 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "broker.Broker.drain decodes submits with max_data=max_payload_bytes, so wire.decode "
-    "raises ProtocolError for an oversized payload and the Submit is dropped as malformed "
-    "instead of reaching _check, which would reject it; the client never gets an answer"))
 def test_oversized_payload_is_rejected(instance: Instance, tmp_path: Path) -> None:
     start(instance, tmp_path / "runs.log", FAST_RESTARTS + "[queue]\nmax_payload_bytes = 1000\n")
     before = call(instance, "status")["queue"]
@@ -606,11 +598,6 @@ def test_raising_task_fails_once_and_retryable_task_is_retried(
     assert all(w["restarts"] == 0 for w in status["workers"])  # a raise kills nobody
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "JobQueue.assign counts every hand-out in QueuedJob.runs, also hand-outs to a worker "
-    "that died before starting the job (it was queued behind the running one, credit > 1); "
-    "Broker.on_result retries a retryable job only while runs < max_attempts, so those "
-    "hand-outs use up its retries and it fails after fewer than max_attempts runs"))
 def test_retryable_job_keeps_its_retries_when_workers_die_before_running_it(
         instance: Instance, tmp_path: Path) -> None:
     log = tmp_path / "runs.log"

@@ -140,10 +140,12 @@ class Worker:
         job = self.inbox.popleft()
         task = self.tasks.get(job.task)
         if task is None or not task.batch:
+            _announce([job])
             return [self._run(job)]
         batch = [job]
         while self.inbox and self.inbox[0].task == job.task:
             batch.append(self.inbox.popleft())
+        _announce(batch)
         try:
             values = task.fn([json.loads(j.data) for j in batch])
             if not isinstance(values, list) or len(values) != len(batch):
@@ -200,6 +202,11 @@ class Worker:
         self._stop_beats.set()
         self.sock.close()
         self.ctx.term()
+
+
+def _announce(jobs: list[wire.Job]) -> None:
+    """Tell the daemon, over the stderr pipe, which jobs start now (see START_MARK)."""
+    os.write(2, wire.START_MARK + " ".join(j.id for j in jobs).encode() + b"\n")
 
 
 def _failure(job_id: str, exc: BaseException) -> wire.Result:
