@@ -43,6 +43,7 @@ class Event(Enum):
     STOP = "stop"            # stop the slot for good
     EXIT = "exit"            # the process was reaped; detail says how it ended
     KILL = "kill"            # kill it now (a job passed its time limit); detail says why
+    RETIRE = "retire"        # the worker is leaving to be replaced (recycling); detail: why
     TICK = "tick"            # time passed; deadlines are checked
 
 
@@ -90,6 +91,7 @@ class Slot:
     restarts: int = 0
     last_exit: str | None = None      # "killed by SIGKILL", "exit code 3", ...
     reason: str | None = None         # why it is FATAL, or why we killed it
+    retiring: str | None = None       # STOPPING of its own accord, to be replaced: why
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,12 @@ def _spawn(slot: Slot, now: float, **changes: object) -> Transition:
 
 def _exit(slot: Slot, now: float, detail: str, policy: Policy) -> Transition:
     last_exit = slot.reason and f"{detail} ({slot.reason})" or detail
+    if slot.retiring:
+        # STOPPING -> STARTING: recycled; not a death, so no backoff and no flap count.
+        transition = _spawn(slot, now, restarts=slot.restarts + 1,
+                            last_exit=f"recycled: {slot.retiring}", retiring=None, reason=None)
+        return Transition(transition.slot, transition.actions,
+                          note=f"worker recycled ({slot.retiring}); replacing it")
     if slot.state == WorkerState.STOPPING:
         # STOPPING -> EXITED: asked to stop, and it did.
         return Transition(_enter(slot, WorkerState.EXITED, now, last_exit=last_exit,
@@ -186,7 +194,13 @@ def step(slot: Slot, event: Event, now: float, policy: Policy,
     if event in (Event.HEARTBEAT, Event.LOADING, Event.READY, Event.JOB_STARTED,
                  Event.JOB_IDLE) and live:
         return Transition(replace(slot, heard=now))
+    if event is Event.RETIRE and state in SERVING_STATES:
+        # READY/BUSY -> STOPPING: the worker finishes what it runs and exits by itself.
+        return Transition(_enter(slot, WorkerState.STOPPING, now, retiring=detail or "retired"))
     if event is Event.STOP:
+        if state == WorkerState.STOPPING and slot.retiring:
+            # Retiring, and now the whole slot stops: no replacement.
+            return Transition(replace(slot, retiring=None), (Kill(signal.SIGTERM),))
         if state in LIVE_STATES - {WorkerState.STOPPING}:
             # live -> STOPPING
             return Transition(_enter(slot, WorkerState.STOPPING, now, reason=None),

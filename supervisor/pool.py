@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from supervisor import lifecycle, wire
 from supervisor.lifecycle import Event, Kill, Policy, Slot, Spawn, WorkerState
 from supervisor.settings import Config
-from supervisor.spawner import Spawner, WorkerProcess, describe_exit
+from supervisor.spawner import NO_RESOURCES, Spawner, WorkerProcess, describe_exit
 from workers.main import WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,8 @@ class WorkerPool:
         spec = WorkerSpec(slot=slot.index, endpoint=self.endpoint, daemon_pid=self.daemon_pid,
                           tasks=tuple(w.tasks), heartbeat_interval=w.heartbeat_interval,
                           heartbeat_liveness=w.heartbeat_liveness,
-                          log_level=self.config.supervisor.log_level, models=self.models)
+                          log_level=self.config.supervisor.log_level, models=self.models,
+                          max_jobs=w.max_jobs_per_worker, max_memory_mb=w.max_memory_mb)
         try:
             slot.proc = self.spawner.spawn(spec)
         except OSError as exc:
@@ -139,6 +140,8 @@ class WorkerPool:
             self.listener.worker_ready(slot.tasks)
         elif isinstance(message, wire.Heartbeat):
             self.apply(slot, Event.HEARTBEAT, now)
+        elif isinstance(message, wire.Retiring):
+            self.apply(slot, Event.RETIRE, now, message.reason)
         else:
             self.foreign_messages += 1
 
@@ -225,7 +228,6 @@ class WorkerPool:
                 "tasks": slot.tasks,
                 "stderr_tail": [] if alive else slot.last_tail,
             }
-            row.update(slot.proc.resources() if slot.proc else
-                       {"rss_bytes": None, "cpu_percent": None})
+            row.update(slot.proc.resources() if slot.proc else NO_RESOURCES)
             rows.append(row)
         return rows

@@ -70,6 +70,13 @@ class WorkersSettings:
     heartbeat_liveness: int = _setting(
         5, "Heartbeats a worker may miss before it is killed and replaced.", at_least(1)
     )
+    max_jobs_per_worker: int = _setting(
+        0, "Jobs after which a worker is replaced by a fresh one (0: no limit).", at_least(0)
+    )
+    max_memory_mb: int = _setting(
+        0, "Memory of its own (USS, so shared model weights do not count), in MiB, above "
+        "which a worker is replaced after its current job (0: no limit).", at_least(0)
+    )
     credit: int = _setting(
         16, "Jobs a worker may hold at once (the one it runs and those queued behind it). "
         "Jobs held by a worker that dies are requeued.", at_least(1)

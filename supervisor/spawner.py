@@ -103,14 +103,20 @@ class WorkerProcess:
             self.stderr_fd = None
 
     def resources(self) -> dict[str, float | int | None]:
+        """RSS counts shared model weights in every worker; PSS shares them out and USS
+        leaves them out, so those two say what a worker costs."""
         if self.ps is None:
-            return {"rss_bytes": None, "cpu_percent": None}
+            return dict(NO_RESOURCES)
         try:
             with self.ps.oneshot():
-                return {"rss_bytes": self.ps.memory_info().rss,
-                        "cpu_percent": self.ps.cpu_percent(None)}
+                memory = self.ps.memory_full_info()
+                return {"rss_bytes": memory.rss, "pss_bytes": getattr(memory, "pss", None),
+                        "uss_bytes": memory.uss, "cpu_percent": self.ps.cpu_percent(None)}
         except psutil.Error:
-            return {"rss_bytes": None, "cpu_percent": None}
+            return dict(NO_RESOURCES)
+
+
+NO_RESOURCES = {"rss_bytes": None, "pss_bytes": None, "uss_bytes": None, "cpu_percent": None}
 
 
 def start_helpers() -> None:

@@ -11,7 +11,7 @@ empty delimiter) in front, which the socket owner strips before `decode`::
 
 Worker channel (worker DEALER -> daemon ROUTER ``workers.sock``; routing id "slot:pid",
 and "slot:pid:hb" for the worker's heartbeat thread):
-    worker -> daemon: Loading, Ready, Heartbeat, Result(+result)
+    worker -> daemon: Loading, Ready, Heartbeat, Result(+result), Retiring
     daemon -> worker: Heartbeat, Job(+payload)
 Queue channel (client DEALER -> daemon ROUTER ``queue.sock``):
     client -> daemon: Submit(+payload), Wait
@@ -56,6 +56,7 @@ class Command(IntEnum):
     HEARTBEAT = 3
     JOB = 4
     RESULT = 5
+    RETIRING = 6
     SUBMIT = 8
     ACCEPTED = 9
     REJECTED = 10
@@ -101,6 +102,14 @@ class Result:
     ok: bool
     error: dict[str, Any] | None = None  # {"type", "message", "traceback"} when not ok
     data: bytes = b"null"  # the result, JSON
+
+
+@dataclass(frozen=True)
+class Retiring:
+    """The worker passed a recycling limit: it takes no more jobs and exits once its
+    results are out; the daemon replaces it."""
+    command: ClassVar[Command] = Command.RETIRING
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -157,8 +166,8 @@ class Reply:
     error: str | None = None
 
 
-Message = (Loading | Ready | Heartbeat | Job | Result | Submit | Accepted | Rejected | Wait
-           | JobResult | Request | Reply)
+Message = (Loading | Ready | Heartbeat | Job | Result | Retiring | Submit | Accepted
+           | Rejected | Wait | JobResult | Request | Reply)
 _BY_COMMAND: dict[int, type] = {cls.command: cls for cls in typing.get_args(Message)}
 # Per class: field name -> type hint, without the data frame; resolved once.
 _HINTS: dict[type, dict[str, Any]] = {

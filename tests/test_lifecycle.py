@@ -385,3 +385,47 @@ def test_a_whole_life() -> None:
     assert slot.restarts == 1
     assert slot.last_exit == "exit code 0"
     assert slot.deaths == (6.0,)
+
+
+# -- recycling -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("state", [WorkerState.READY, WorkerState.BUSY])
+def test_retire_stops_without_a_signal_and_exit_respawns_at_once(state: WorkerState) -> None:
+    policy = Policy()
+    slot = Slot(state=state, since=1.0, spawned_at=1.0, ready_at=1.0, heard=1.0,
+                restarts=2, deaths=(0.5,), backoff_level=3)
+    retiring = step(slot, Event.RETIRE, 5.0, policy, "500 jobs done")
+    assert retiring.slot.state == WorkerState.STOPPING
+    assert retiring.actions == ()
+    assert retiring.slot.retiring == "500 jobs done"
+    replaced = step(retiring.slot, Event.EXIT, 6.0, policy, "exit code 0")
+    assert replaced.slot.state == WorkerState.STARTING
+    assert replaced.actions == (Spawn(),)
+    assert replaced.slot.restarts == 3
+    assert replaced.slot.last_exit == "recycled: 500 jobs done"
+    assert replaced.slot.deaths == (0.5,)  # not a death: no flap count, no backoff
+    assert replaced.slot.retiring is None
+
+
+def test_retiring_worker_that_hangs_is_killed_after_stop_timeout() -> None:
+    policy = Policy(stop_timeout=2.0)
+    slot = step(Slot(state=WorkerState.READY), Event.RETIRE, 10.0, policy, "why").slot
+    assert step(slot, Event.TICK, 11.9, policy).actions == ()
+    assert step(slot, Event.TICK, 12.1, policy).actions == (Kill(signal.SIGKILL),)
+
+
+def test_stop_while_retiring_means_no_replacement() -> None:
+    policy = Policy()
+    slot = step(Slot(state=WorkerState.BUSY), Event.RETIRE, 1.0, policy, "why").slot
+    stopped = step(slot, Event.STOP, 2.0, policy)
+    assert stopped.slot.retiring is None
+    assert stopped.actions == (Kill(signal.SIGTERM),)
+    assert step(stopped.slot, Event.EXIT, 3.0, policy, "exit code 0").slot.state == \
+        WorkerState.EXITED
+
+
+@pytest.mark.parametrize("state", [WorkerState.STARTING, WorkerState.LOADING,
+                                   WorkerState.BACKOFF, WorkerState.FATAL, WorkerState.EXITED])
+def test_retire_only_from_serving_states(state: WorkerState) -> None:
+    slot = Slot(state=state)
+    assert step(slot, Event.RETIRE, 1.0, Policy(), "why").slot == slot

@@ -26,6 +26,7 @@ from supervisor.wire import (
     Reply,
     Request,
     Result,
+    Retiring,
     Submit,
     Wait,
     decode,
@@ -47,6 +48,7 @@ MESSAGES: list[wire.Message] = [
     Result(id="j-1", ok=True),
     Result(id="j-1", ok=True, data=b'{"text": "\xc3\xa9t\xc3\xa9"}'),
     Result(id="j-2", ok=False, error=TRACEBACK),
+    Retiring(reason="500 jobs done (max_jobs_per_worker 500)"),
     Submit(id="c-1", task="ocr.run"),
     Submit(id="c-2", task="embed.batch", wait=True, data=b"[1,2,3]"),
     Submit(id="c-3", task="x", wait=False, data=b"\x00\xff not json at all \r\n"),
@@ -218,7 +220,7 @@ def test_wrong_version(version: int) -> None:
 UNKNOWN_COMMANDS = [c for c in range(256) if c not in set(Command)]
 
 
-@pytest.mark.parametrize("command", [0, 6, 7, 13, 14, 15, 18, 255])
+@pytest.mark.parametrize("command", [0, 7, 13, 14, 15, 18, 255])
 def test_unknown_command(command: int) -> None:
     assert command not in set(Command)
     assert protocol_error(frames(command, {})) == f"unknown command {command}"

@@ -20,6 +20,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
 import zmq
 
 from supervisor import wire
@@ -28,6 +29,7 @@ from workers import models
 from workers.tasks import Task, import_task_modules
 
 log = logging.getLogger("workers")
+MEMORY_CHECK_EVERY = 1.0  # seconds
 _PR_SET_PDEATHSIG = 1
 
 
@@ -42,6 +44,8 @@ class WorkerSpec:
     log_level: str = "info"
     # name -> the daemon's loaded model (its weights travel as shared memory, not copies)
     models: dict[str, Any] = field(default_factory=dict)
+    max_jobs: int = 0        # recycle after this many jobs (0: never)
+    max_memory_mb: int = 0   # recycle above this much memory of its own, USS (0: never)
 
 
 def _die_with_parent(daemon_pid: int) -> None:
@@ -88,6 +92,8 @@ class Worker:
         self.heard = time.monotonic()
         self.tasks: dict[str, Task] = {}
         self._stop_beats = threading.Event()
+        self.jobs_done = 0
+        self._next_memory_check = 0.0
 
     def _install_signals(self) -> None:
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
@@ -130,11 +136,30 @@ class Worker:
             if self.stopping:
                 return 0  # jobs not started are requeued by the daemon
             if self.inbox:
-                for result in self._run_next():
+                results = self._run_next()
+                for result in results:
                     self.send(result)
+                self.jobs_done += len(results)
+                reason = self._over_limit()
+                if reason:
+                    log.info("recycling: %s", reason)
+                    self.send(wire.Retiring(reason=reason))
+                    return 0  # the jobs it holds and has not started go back to the queue
             elif time.monotonic() - self.heard > silence_limit:
                 log.error("daemon silent for %.1f s; exiting", time.monotonic() - self.heard)
                 return 1
+
+    def _over_limit(self) -> str | None:
+        spec = self.spec
+        if spec.max_jobs and self.jobs_done >= spec.max_jobs:
+            return f"{self.jobs_done} jobs done (max_jobs_per_worker {spec.max_jobs})"
+        now = time.monotonic()
+        if spec.max_memory_mb and now >= self._next_memory_check:
+            self._next_memory_check = now + MEMORY_CHECK_EVERY  # reading smaps is not free
+            uss_mb = psutil.Process().memory_full_info().uss / 2**20
+            if uss_mb > spec.max_memory_mb:
+                return f"{uss_mb:.0f} MiB of its own memory (max_memory_mb {spec.max_memory_mb})"
+        return None
 
     def _run_next(self) -> list[wire.Result]:
         job = self.inbox.popleft()
