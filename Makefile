@@ -24,6 +24,7 @@ run: $(STAMP)
 	$(BIN)/docbrainctl start --foreground
 
 test: $(STAMP)
+	$(BIN)/python -m mypy supervisor workers
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

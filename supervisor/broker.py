@@ -56,11 +56,7 @@ class Broker:
     # -- clients -------------------------------------------------------------------------
 
     def drain(self) -> None:
-        while True:
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in wire.waiting(self.sock):
             try:
                 # Size is checked in _check, to answer with a rejection; ZeroMQ's own limit
                 # (MAXMSGSIZE) already keeps what arrives bounded.

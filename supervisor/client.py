@@ -84,7 +84,7 @@ class Client:
         if running_pid(paths.pidfile) is None:
             raise DaemonNotRunning(f"docbrain is not running (state_dir {paths.state_dir})")
         self.window = window
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.connect(paths.endpoint("queue"))
@@ -188,11 +188,7 @@ class Client:
                 self._resend()
 
     def _receive(self) -> None:
-        while True:
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in wire.waiting(self.sock):
             try:
                 message = wire.decode(frames)
             except wire.ProtocolError:

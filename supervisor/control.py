@@ -36,11 +36,7 @@ class ControlServer:
 
     def drain(self) -> None:
         """Answer every request waiting on the socket."""
-        while True:
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in wire.waiting(self.sock):
             # REQ peers send [routing id, empty delimiter, header, body].
             if len(frames) < 3 or frames[1] != b"":
                 self.dropped += 1
@@ -82,7 +78,7 @@ class ControlServer:
 def call(endpoint: str, name: str, args: dict[str, Any] | None = None,
          timeout: float = 5.0) -> dict[str, Any]:
     """One request/reply; raises ControlError on refusal or time-out."""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     try:

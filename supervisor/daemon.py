@@ -139,7 +139,7 @@ class Daemon:
                 poller.register(fd, zmq.POLLIN)
             pipes = set(fds)
             wait = min(MAX_POLL_WAIT, max(0.0, self.pool.next_deadline() - time.monotonic()))
-            events = dict(poller.poll(wait * 1000))
+            events = dict(poller.poll(int(wait * 1000)))
             if self._wake_r.fileno() in events:  # plain fds come back as ints
                 self._read_signals()
             if self.control.sock in events:
@@ -166,11 +166,7 @@ class Daemon:
     def _drain_workers(self) -> None:
         now = time.monotonic()
         spoke: dict[int, WorkerSlot] = {}
-        while True:
-            try:
-                frames = self.workers_sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        for frames in wire.waiting(self.workers_sock):
             try:
                 message = wire.decode(frames[1:])
             except wire.ProtocolError as exc:

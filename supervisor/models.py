@@ -65,7 +65,7 @@ def preload(models: Mapping[str, ModelSettings]) -> dict[str, Any]:
             probe = encoder.encode([PROBE_TEXT])
             if len(probe) != 1 or len(probe[0]) != encoder.dim or \
                     not all(math.isfinite(x) for x in probe[0]):
-                raise ModelLoadError(f"the probe text gave no usable vector")
+                raise ModelLoadError("the probe text gave no usable vector")
             encoder.share()
         except ModelLoadError as exc:
             raise ModelLoadError(f"model {name} failed to load: {exc}") from None

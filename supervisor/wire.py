@@ -30,9 +30,12 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, ClassVar
+
+import zmq
 
 VERSION = 1
 MAX_BODY = 1 << 20   # bytes of a message's JSON body
@@ -257,3 +260,12 @@ def decode(frames: list[bytes], max_data: int = MAX_DATA) -> Message:
     if carries_data:
         data["data"] = frames[2]
     return typing.cast(Message, cls(**data))
+
+
+def waiting(sock: zmq.Socket) -> Iterator[list[bytes]]:
+    """Every multipart message already waiting on the socket, without blocking."""
+    while True:
+        try:
+            yield sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return

@@ -48,7 +48,7 @@ class SentenceEncoder:
 
     @property
     def dim(self) -> int:
-        return int(self.module.config.hidden_size)
+        return int(getattr(self.module, "config").hidden_size)
 
     @classmethod
     def load(cls, name: str, path: str, max_tokens: int, batch_tokens: int) -> "SentenceEncoder":

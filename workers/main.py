@@ -78,7 +78,7 @@ def _heartbeats(ctx: zmq.Context, endpoint: str, routing_id: bytes, interval: fl
 class Worker:
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.routing_id = f"{spec.slot}:{os.getpid()}".encode()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 2000)  # let the last results out at exit
@@ -128,7 +128,7 @@ class Worker:
         poller.register(self._wake_r.fileno(), zmq.POLLIN)
         silence_limit = spec.heartbeat_interval * spec.heartbeat_liveness
         while True:
-            wait = 0 if self.inbox else spec.heartbeat_interval * 1000
+            wait = 0 if self.inbox else int(spec.heartbeat_interval * 1000)
             events = dict(poller.poll(wait))
             if self._wake_r.fileno() in events:  # plain fds come back as ints
                 self._read_signals()
@@ -209,11 +209,7 @@ class Worker:
             self.stopping = True
 
     def _drain(self) -> None:
-        while True:
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in wire.waiting(self.sock):
             self.heard = time.monotonic()
             try:
                 message = wire.decode(frames)
