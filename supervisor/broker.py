@@ -26,6 +26,14 @@ PURGE_EVERY = 3600.0  # seconds between purges of expired results
 BUILTIN_TASKS = ("noop", "echo")
 
 
+End = tuple[str, str, "dict[str, Any] | None", bytes]  # job id, state, error, result
+
+
+def _job_results(ends: list[End]) -> wire.JobResult:
+    return wire.JobResult(ids=[e[0] for e in ends], states=[e[1] for e in ends],
+                          errors=[e[2] for e in ends], data=[e[3] for e in ends])
+
+
 class Broker:
     def __init__(self, config: Config, ctx: zmq.Context, endpoint: str, journal_path: str) -> None:
         self.config = config
@@ -44,9 +52,12 @@ class Broker:
                                       stored.runs))
         self.counts = self.journal.counts()
         self.catalog: dict[str, dict[str, Any]] = {}
-        self.deferred: list[tuple[bytes, wire.Submit]] = []
+        self.deferred: list[tuple[bytes, str, str, bool, bytes]] = []
         self.waiters: dict[str, set[bytes]] = {}
-        self.outbox: list[tuple[bytes, wire.Message]] = []
+        # What to tell clients after this pass's commit, gathered into one message each.
+        self.acks: dict[bytes, list[str]] = {}
+        self.ends: dict[bytes, list[End]] = {}
+        self.rejected: list[tuple[bytes, wire.Rejected]] = []
         self.jobs_done: dict[int, int] = {}
         self.dropped = 0
         self._next_purge = 0.0
@@ -65,40 +76,44 @@ class Broker:
                 self.dropped += 1
                 log.debug("queue: dropped a malformed message: %s", exc)
                 continue
+            client = frames[0]
             if isinstance(message, wire.Submit):
-                self._submit(frames[0], message)
+                for job_id, data in zip(message.ids, message.data):
+                    self._submit(client, job_id, message.task, message.wait, data)
             elif isinstance(message, wire.Wait):
-                self._wait(frames[0], message.id)
+                for job_id in message.ids:
+                    self._wait(client, job_id)
             else:
                 self.dropped += 1
 
-    def _submit(self, client: bytes, msg: wire.Submit) -> None:
+    def _submit(self, client: bytes, job_id: str, task: str, wait: bool, data: bytes) -> None:
         if not self.catalog:
-            self.deferred.append((client, msg))  # no worker has told us its tasks yet
+            # No worker has told us its tasks yet: decide when one has.
+            self.deferred.append((client, job_id, task, wait, data))
             return
-        problem = self._check(msg)
+        problem = self._check(job_id, task, data)
         if problem:
-            self.outbox.append((client, wire.Rejected(id=msg.id, error=problem)))
+            self.rejected.append((client, wire.Rejected(id=job_id, error=problem)))
             return
-        if msg.wait:
-            self.waiters.setdefault(msg.id, set()).add(client)
-        if self.journal.add(msg.id, msg.task, msg.data, time.time()):
-            self.queue.push(QueuedJob(msg.id, msg.task, msg.data))
+        if wait:
+            self.waiters.setdefault(job_id, set()).add(client)
+        if self.journal.add(job_id, task, data, time.time()):
+            self.queue.push(QueuedJob(job_id, task, data))
             self.counts[PENDING] += 1
-        elif msg.wait:
-            self._wait(client, msg.id)  # a resent Submit: the job exists; maybe it ended
-        self.outbox.append((client, wire.Accepted(id=msg.id)))
+        elif wait:
+            self._wait(client, job_id)  # a resent Submit: the job exists; maybe it ended
+        self.acks.setdefault(client, []).append(job_id)
 
-    def _check(self, msg: wire.Submit) -> str | None:
-        if not msg.id or len(msg.id) > 128:
+    def _check(self, job_id: str, task: str, data: bytes) -> str | None:
+        if not job_id or len(job_id) > 128:
             return "job id must be 1 to 128 characters"
-        if msg.task not in self.catalog:
-            return f"unknown task {msg.task!r} (known: {', '.join(sorted(self.catalog))})"
+        if task not in self.catalog:
+            return f"unknown task {task!r} (known: {', '.join(sorted(self.catalog))})"
         limit = self.config.queue.max_payload_bytes
-        if len(msg.data) > limit:
-            return f"payload is {len(msg.data)} bytes (limit {limit})"
+        if len(data) > limit:
+            return f"payload is {len(data)} bytes (limit {limit})"
         try:
-            json.loads(msg.data)
+            json.loads(data)
         except (ValueError, RecursionError) as exc:
             return f"payload is not JSON: {exc}"
         return None
@@ -109,14 +124,15 @@ class Broker:
             return
         stored = self.journal.get(job_id)
         if stored is None:
-            self.outbox.append((client, wire.JobResult(
-                id=job_id, state="unknown", error={"reason": "no such job"})))
+            self._tell(client, job_id, "unknown", {"reason": "no such job"}, b"null")
         elif stored.state == PENDING:
             self.waiters.setdefault(job_id, set()).add(client)
         else:
-            self.outbox.append((client, wire.JobResult(
-                id=job_id, state=stored.state, error=stored.error,
-                data=stored.result or b"null")))
+            self._tell(client, job_id, stored.state, stored.error, stored.result or b"null")
+
+    def _tell(self, client: bytes, job_id: str, state: str, error: dict[str, Any] | None,
+              data: bytes) -> None:
+        self.ends.setdefault(client, []).append((job_id, state, error, data))
 
     # -- workers -------------------------------------------------------------------------
 
@@ -128,24 +144,29 @@ class Broker:
             retryable = isinstance(info, dict) and info.get("retryable") is True
             self.catalog[name] = {"timeout": timeout, "retryable": retryable}
         deferred, self.deferred = self.deferred, []
-        for client, msg in deferred:
-            self._submit(client, msg)
+        for item in deferred:
+            self._submit(*item)
 
-    def on_result(self, slot: int, msg: wire.Result, now: float) -> bool:
-        """Apply a worker's result; True if the slot holds no job any more."""
-        job = self.queue.complete(slot, msg.id, now)
+    def on_results(self, slot: int, msg: wire.Result, now: float) -> bool:
+        """Apply a worker's results; True if the slot holds no job any more."""
+        for job_id, ok, error, data in zip(msg.ids, msg.oks, msg.errors, msg.data):
+            self._on_result(slot, job_id, ok, error, data, now)
+        return self.queue.held(slot) == 0
+
+    def _on_result(self, slot: int, job_id: str, ok: bool, error: dict[str, Any] | None,
+                   data: bytes, now: float) -> None:
+        job = self.queue.complete(slot, job_id, now)
         if job is None:
             self.dropped += 1  # not a job this slot holds: a late or foreign result
-            return False
+            return
         self.jobs_done[slot] = self.jobs_done.get(slot, 0) + 1
-        if msg.ok:
-            self._finish(job, DONE, result=msg.data)
+        if ok:
+            self._finish(job, DONE, result=data)
         elif self.catalog.get(job.task, {}).get("retryable") and \
                 job.runs < self.config.queue.max_attempts:  # runs: times really started
             self.queue.requeue(job)
         else:
-            self._finish(job, FAILED, error=msg.error)
-        return self.queue.held(slot) == 0
+            self._finish(job, FAILED, error=error)
 
     def jobs_started(self, slot: int, job_ids: list[str], now: float) -> None:
         self.queue.start(slot, job_ids, now)
@@ -175,12 +196,15 @@ class Broker:
         credit = self.config.workers.credit
         fed = []
         for slot, routing_id in slots:
+            jobs = []
             while self.queue.pending and self.queue.held(slot) < credit:
                 job = self.queue.assign(slot, now)
                 assert job is not None
-                send(routing_id, wire.Job(id=job.id, task=job.task, data=job.payload))
-                if slot not in fed:
-                    fed.append(slot)
+                jobs.append(job)
+            if jobs:
+                send(routing_id, wire.Job(ids=[j.id for j in jobs], tasks=[j.task for j in jobs],
+                                          data=[j.payload for j in jobs]))
+                fed.append(slot)
         return fed
 
     def _finish(self, job: QueuedJob, state: str, result: bytes | None = None,
@@ -189,8 +213,7 @@ class Broker:
         self.counts[PENDING] -= 1
         self.counts[state] += 1
         for client in self.waiters.pop(job.id, ()):
-            self.outbox.append((client, wire.JobResult(id=job.id, state=state, error=error,
-                                                        data=result or b"null")))
+            self._tell(client, job.id, state, error, result or b"null")
 
     # -- each pass -----------------------------------------------------------------------
 
@@ -205,10 +228,15 @@ class Broker:
                 self.journal.commit()
                 self.counts = self.journal.counts()
         self.journal.commit()
-        outbox, self.outbox = self.outbox, []
-        for client, message in outbox:
+        out: list[tuple[bytes, list[bytes]]] = [(c, wire.encode(m)) for c, m in self.rejected]
+        for client, ids in self.acks.items():
+            out += [(client, f) for f in wire.encode_many(lambda i: wire.Accepted(ids=i), ids)]
+        for client, ends in self.ends.items():
+            out += [(client, f) for f in wire.encode_many(_job_results, ends)]
+        self.rejected, self.acks, self.ends = [], {}, {}
+        for client, frames in out:
             try:
-                self.sock.send_multipart([client, *wire.encode(message)], zmq.NOBLOCK)
+                self.sock.send_multipart([client, *frames], zmq.NOBLOCK)
             except zmq.ZMQError as exc:
                 log.debug("queue: reply to a gone client dropped: %s", exc)
 

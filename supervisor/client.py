@@ -13,6 +13,8 @@ when the daemon is restarted under it) without creating a second job.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import json
 import time
 import uuid
@@ -27,7 +29,8 @@ from supervisor.paths import StatePaths
 from supervisor.pidfile import running_pid
 from supervisor.settings import Config
 
-RESEND_AFTER = 2.0  # seconds without an answer before a request is sent again
+RESEND_AFTER = 2.0   # seconds without an answer before a request is sent again
+SUBMIT_CHUNK = 256   # jobs in one Submit message at most
 
 
 class JobError(Exception):
@@ -64,15 +67,15 @@ class DaemonNotRunning(ConnectionError):
     pass
 
 
-def _outcome(result: wire.JobResult) -> Any:
-    if result.state == "done":
-        return json.loads(result.data)
-    error = result.error or {}
-    if result.state == "failed":
-        raise JobFailed(result.id, error)
-    if result.state == "dead":
-        raise JobDead(result.id, str(error.get("reason", "unknown")))
-    raise KeyError(f"no such job: {result.id}")
+def _outcome(job_id: str, state: str, error: dict[str, Any] | None, data: bytes) -> Any:
+    if state == "done":
+        return json.loads(data)
+    error = error or {}
+    if state == "failed":
+        raise JobFailed(job_id, error)
+    if state == "dead":
+        raise JobDead(job_id, str(error.get("reason", "unknown")))
+    raise KeyError(f"no such job: {job_id}")
 
 
 class Client:
@@ -89,9 +92,10 @@ class Client:
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.connect(paths.endpoint("queue"))
         # Unanswered requests: job id -> (the Submit's frames, or None for a Wait; sent at).
-        self._sent: dict[str, tuple[list[bytes] | None, float]] = {}
-        self._acks: dict[str, wire.Accepted | wire.Rejected] = {}
-        self._results: dict[str, wire.JobResult] = {}
+        self._unacked: dict[str, tuple[str, bytes, float]] = {}  # id -> task, payload, sent at
+        self._waiting: dict[str, float] = {}                     # id -> result last asked at
+        self._acks: dict[str, wire.Rejected | None] = {}         # None: accepted
+        self._results: dict[str, tuple[str, dict[str, Any] | None, bytes]] = {}
 
     def close(self) -> None:
         self.sock.close()
@@ -113,17 +117,23 @@ class Client:
 
     def submit_nowait(self, task: str, payload: Any = None) -> str:
         """Send a submit without waiting for its acknowledgement (for pipelining)."""
-        data = json.dumps(payload).encode()  # not JSON-serialisable: TypeError, nothing sent
-        job_id = uuid.uuid4().hex
-        self._send(job_id, wire.Submit(id=job_id, task=task, wait=True, data=data))
-        return job_id
+        return self.submit_many_nowait(task, [payload])[0]
+
+    def submit_many_nowait(self, task: str, payloads: list[Any]) -> list[str]:
+        """Send jobs of one task in one message, without waiting for their acknowledgement."""
+        # Not JSON-serialisable: TypeError here, and nothing is sent.
+        data = [json.dumps(p).encode() for p in payloads]
+        ids = [uuid.uuid4().hex for _ in payloads]
+        self._send_submit(task, ids, data)
+        return ids
 
     def result(self, job_id: str, timeout: float | None = None) -> Any:
         """The job's return value; raises JobFailed, JobDead, or TimeoutError."""
-        if job_id not in self._results and job_id not in self._sent:
-            self._send(job_id, wire.Wait(id=job_id))
+        if job_id not in self._results and job_id not in self._unacked and \
+                job_id not in self._waiting:  # ours are pushed: submits ask for that
+            self._send_wait([job_id])
         self._wait_for(lambda: job_id in self._results, timeout, f"the result of {job_id}")
-        return _outcome(self._results.pop(job_id))
+        return _outcome(job_id, *self._results.pop(job_id))
 
     def map(self, task: str, payloads: Iterable[Any], timeout: float | None = None,
             return_exceptions: bool = False) -> Iterator[Any]:
@@ -138,24 +148,26 @@ class Client:
     def map_with_ids(self, task: str, payloads: Iterable[Any], timeout: float | None = None,
                      return_exceptions: bool = False) -> Iterator[tuple[str, Any]]:
         """As `map`, yielding (job id, result) pairs."""
-        outstanding: list[str] = []
+        outstanding: collections.deque[str] = collections.deque()
         source = iter(payloads)
         exhausted = False
         while outstanding or not exhausted:
-            while not exhausted and len(outstanding) < self.window:
-                try:
-                    outstanding.append(self.submit_nowait(task, next(source)))
-                except StopIteration:
-                    exhausted = True
+            room = self.window - len(outstanding)
+            if not exhausted and room >= min(SUBMIT_CHUNK, self.window) // 2:
+                chunk = list(itertools.islice(source, min(room, SUBMIT_CHUNK)))
+                exhausted = len(chunk) < min(room, SUBMIT_CHUNK)
+                if chunk:
+                    outstanding.extend(self.submit_many_nowait(task, chunk))
+                continue
             if not outstanding:
                 return
-            head = outstanding.pop(0)
+            head = outstanding.popleft()
             try:
                 self._wait_for(lambda: head in self._results or
                                isinstance(self._acks.get(head), wire.Rejected),
                                timeout, f"the result of {head}")
                 self._check_ack(head)
-                value = _outcome(self._results.pop(head))
+                value = _outcome(head, *self._results.pop(head))
             except JobError as exc:
                 if not return_exceptions:
                     raise
@@ -164,11 +176,18 @@ class Client:
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _send(self, key: str, message: wire.Message) -> None:
-        frames = wire.encode(message)
-        self.sock.send_multipart(frames)
-        self._sent[key] = (frames if isinstance(message, wire.Submit) else None,
-                           time.monotonic())
+    def _send_submit(self, task: str, ids: list[str], data: list[bytes]) -> None:
+        self.sock.send_multipart(wire.encode(wire.Submit(ids=ids, task=task, wait=True,
+                                                         data=data)))
+        now = time.monotonic()
+        for job_id, item in zip(ids, data):
+            self._unacked[job_id] = (task, item, now)
+
+    def _send_wait(self, ids: list[str]) -> None:
+        self.sock.send_multipart(wire.encode(wire.Wait(ids=ids)))
+        now = time.monotonic()
+        for job_id in ids:
+            self._waiting[job_id] = now
 
     def _check_ack(self, job_id: str) -> None:
         ack = self._acks.pop(job_id, None)
@@ -193,20 +212,33 @@ class Client:
                 message = wire.decode(frames)
             except wire.ProtocolError:
                 continue
-            if isinstance(message, (wire.Accepted, wire.Rejected)):
+            if isinstance(message, wire.Accepted):
+                now = time.monotonic()
+                for job_id in message.ids:
+                    self._acks[job_id] = None
+                    if self._unacked.pop(job_id, None) is not None and \
+                            job_id not in self._results:
+                        self._waiting[job_id] = now  # now it is its result we wait for
+            elif isinstance(message, wire.Rejected):
                 self._acks[message.id] = message
-                if isinstance(message, wire.Rejected):
-                    self._sent.pop(message.id, None)
-                elif message.id in self._sent:  # now waiting for its result: resend a Wait
-                    self._sent[message.id] = (None, self._sent[message.id][1])
+                self._unacked.pop(message.id, None)
             elif isinstance(message, wire.JobResult):
-                self._results[message.id] = message
-                self._sent.pop(message.id, None)
+                for end in zip(message.ids, message.states, message.errors, message.data):
+                    self._results[end[0]] = end[1:]
+                    self._unacked.pop(end[0], None)
+                    self._waiting.pop(end[0], None)
 
     def _resend(self) -> None:
         """Nothing heard for a while: the daemon may have been restarted; ask again."""
         now = time.monotonic()
-        for key, (frames, sent_at) in list(self._sent.items()):
+        by_task: dict[str, tuple[list[str], list[bytes]]] = {}
+        for job_id, (task, data, sent_at) in self._unacked.items():
             if now - sent_at >= RESEND_AFTER:
-                self.sock.send_multipart(frames or wire.encode(wire.Wait(id=key)))
-                self._sent[key] = (frames, now)
+                ids, items = by_task.setdefault(task, ([], []))
+                ids.append(job_id)
+                items.append(data)
+        for task, (ids, items) in by_task.items():
+            self._send_submit(task, ids, items)
+        stale = [job_id for job_id, asked in self._waiting.items() if now - asked >= RESEND_AFTER]
+        if stale:
+            self._send_wait(stale)

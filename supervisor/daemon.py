@@ -178,7 +178,7 @@ class Daemon:
                 continue
             if isinstance(message, wire.Result):
                 spoke[slot.index] = slot
-                if self.broker.on_result(slot.index, message, now):
+                if self.broker.on_results(slot.index, message, now):
                     self.pool.apply(slot, Event.JOB_IDLE, now)
             else:
                 self.pool.on_message(slot, message, now)

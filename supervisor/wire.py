@@ -1,12 +1,15 @@
 """Every frame that crosses a ZeroMQ socket, in one place.
 
-A message is two frames, or three for a message that carries a JSON document (a job's
-payload or result) verbatim. ROUTER sockets add the peer's routing id (and REQ peers an
-empty delimiter) in front, which the socket owner strips before `decode`::
+A message is two frames, followed, for the messages about jobs, by one data frame per job:
+the job's payload or result, a JSON document carried verbatim. Those messages carry any
+number of jobs at once (the lists named in `parallel` have one item per data frame), so a
+busy pass of the daemon's loop sends one message where it would send hundreds. ROUTER
+sockets add the peer's routing id (and REQ peers an empty delimiter) in front, which the
+socket owner strips before `decode`::
 
     +---------------------------+-------------------------+-------------------------------+
-    | header: 2 bytes           | body: UTF-8 JSON object | data (only if carries_data):  |
-    | VERSION | Command (uint8) | the message's fields    | a JSON document, as bytes     |
+    | header: 2 bytes           | body: UTF-8 JSON object | data 0 .. data N-1 (messages  |
+    | VERSION | Command (uint8) | the message's fields    | about N jobs): JSON documents |
     +---------------------------+-------------------------+-------------------------------+
 
 Worker channel (worker DEALER -> daemon ROUTER ``workers.sock``; routing id "slot:pid",
@@ -20,7 +23,7 @@ Control channel (docbrainctl REQ -> daemon ROUTER ``control.sock``):
     client -> daemon: Request        daemon -> client: Reply
 
 Anything else -- a wrong version, an unknown command, a body or data frame over its limit,
-a field of the wrong type -- raises `ProtocolError`; socket owners drop such input and
+a field of the wrong type, lists that do not match the data frames -- raises `ProtocolError`; socket owners drop such input and
 count it. Whether a data frame is valid JSON is checked where it matters (at submit).
 """
 
@@ -30,16 +33,18 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import zmq
 
 VERSION = 1
 MAX_BODY = 1 << 20   # bytes of a message's JSON body
 MAX_DATA = 64 << 20  # bytes of a data frame, unless the socket owner sets its own limit
+MAX_ITEMS = 100_000  # data frames (jobs) in one message
+T = TypeVar("T")
 
 
 # Besides the sockets: before a worker runs jobs it writes this line, with their ids, to its
@@ -90,21 +95,24 @@ class Heartbeat:
 
 @dataclass(frozen=True)
 class Job:
+    """Jobs for a worker: one data frame (the payload, JSON) per job."""
     command: ClassVar[Command] = Command.JOB
-    carries_data: ClassVar[bool] = True
-    id: str
-    task: str
-    data: bytes = b"null"  # the payload, JSON
+    parallel: ClassVar[tuple[str, ...]] = ("ids", "tasks")
+    ids: list[str]
+    tasks: list[str]
+    data: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class Result:
+    """Results of jobs a worker ran: one data frame (the result, JSON) per job."""
     command: ClassVar[Command] = Command.RESULT
-    carries_data: ClassVar[bool] = True
-    id: str
-    ok: bool
-    error: dict[str, Any] | None = None  # {"type", "message", "traceback"} when not ok
-    data: bytes = b"null"  # the result, JSON
+    parallel: ClassVar[tuple[str, ...]] = ("ids", "oks", "errors")
+    ids: list[str]
+    oks: list[bool]
+    # {"type", "message", "traceback"} where not ok
+    errors: list[dict[str, Any] | None]
+    data: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -117,18 +125,19 @@ class Retiring:
 
 @dataclass(frozen=True)
 class Submit:
+    """New jobs of one task: one data frame (the payload, JSON) per job."""
     command: ClassVar[Command] = Command.SUBMIT
-    carries_data: ClassVar[bool] = True
-    id: str              # chosen by the client: a resent Submit is not a second job
+    parallel: ClassVar[tuple[str, ...]] = ("ids",)
+    ids: list[str]       # chosen by the client: a resent Submit is not a second job
     task: str
-    wait: bool = False   # push the JobResult when the job ends
-    data: bytes = b"null"
+    wait: bool = False   # push each JobResult when the job ends
+    data: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class Accepted:
     command: ClassVar[Command] = Command.ACCEPTED
-    id: str
+    ids: list[str]
 
 
 @dataclass(frozen=True)
@@ -141,17 +150,19 @@ class Rejected:
 @dataclass(frozen=True)
 class Wait:
     command: ClassVar[Command] = Command.WAIT
-    id: str
+    ids: list[str]
 
 
 @dataclass(frozen=True)
 class JobResult:
+    """Ends of jobs: one data frame (the result, JSON; null unless done) per job."""
     command: ClassVar[Command] = Command.JOB_RESULT
-    carries_data: ClassVar[bool] = True
-    id: str
-    state: str                             # done, failed, dead, or unknown
-    error: dict[str, Any] | None = None    # failed: type, message, traceback; dead: reason
-    data: bytes = b"null"
+    parallel: ClassVar[tuple[str, ...]] = ("ids", "states", "errors")
+    ids: list[str]
+    states: list[str]                          # done, failed, dead, or unknown
+    # failed: type, message, traceback; dead or unknown: reason
+    errors: list[dict[str, Any] | None]
+    data: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -184,7 +195,8 @@ _REQUIRED: dict[type, frozenset[str]] = {
                    and f.default_factory is dataclasses.MISSING)
     for cls in _BY_COMMAND.values()
 }
-_DUMPS = json.JSONEncoder(separators=(",", ":")).encode
+# ensure_ascii=False: a body is measured as sent, and decode's limit must hold for encode.
+_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def encode(message: Message, max_data: int = MAX_DATA) -> list[bytes]:
@@ -193,12 +205,25 @@ def encode(message: Message, max_data: int = MAX_DATA) -> list[bytes]:
     if len(body) > MAX_BODY:
         raise ProtocolError(f"{cls.__name__} body is {len(body)} bytes (limit {MAX_BODY})")
     frames = [bytes((VERSION, message.command)), body]
-    if getattr(cls, "carries_data", False):
-        data: bytes = message.data  # type: ignore[union-attr]
-        if len(data) > max_data:
-            raise ProtocolError(f"{cls.__name__} data is {len(data)} bytes (limit {max_data})")
-        frames.append(data)
+    parallel = getattr(cls, "parallel", None)
+    if parallel is not None:
+        data: list[bytes] = message.data  # type: ignore[union-attr]
+        _check_items(cls, {k: getattr(message, k) for k in parallel}, data, max_data)
+        frames.extend(data)
     return frames
+
+
+def _check_items(cls: type, lists: dict[str, list[Any]], data: list[bytes],
+                 max_data: int) -> None:
+    if len(data) > MAX_ITEMS:
+        raise ProtocolError(f"{cls.__name__} has {len(data)} items (limit {MAX_ITEMS})")
+    for name, values in lists.items():
+        if len(values) != len(data):
+            raise ProtocolError(f"{cls.__name__}.{name} has {len(values)} items for "
+                                f"{len(data)} data frames")
+    for item in data:
+        if len(item) > max_data:
+            raise ProtocolError(f"{cls.__name__} data is {len(item)} bytes (limit {max_data})")
 
 
 def _matches(value: Any, hint: Any) -> bool:
@@ -223,8 +248,8 @@ def _matches(value: Any, hint: Any) -> bool:
 
 def decode(frames: list[bytes], max_data: int = MAX_DATA) -> Message:
     """Parse the frames of a message, or raise ProtocolError saying what is wrong."""
-    if len(frames) not in (2, 3):
-        raise ProtocolError(f"expected 2 or 3 frames, got {len(frames)}")
+    if len(frames) < 2:
+        raise ProtocolError(f"expected at least 2 frames, got {len(frames)}")
     header, body = frames[0], frames[1]
     if len(header) != 2:
         raise ProtocolError(f"header is {len(header)} bytes, expected 2")
@@ -233,12 +258,9 @@ def decode(frames: list[bytes], max_data: int = MAX_DATA) -> Message:
     cls = _BY_COMMAND.get(header[1])
     if cls is None:
         raise ProtocolError(f"unknown command {header[1]}")
-    carries_data = getattr(cls, "carries_data", False)
-    if len(frames) != (3 if carries_data else 2):
-        raise ProtocolError(f"{cls.__name__}: expected {3 if carries_data else 2} frames, "
-                            f"got {len(frames)}")
-    if carries_data and len(frames[2]) > max_data:
-        raise ProtocolError(f"{cls.__name__} data is {len(frames[2])} bytes (limit {max_data})")
+    parallel = getattr(cls, "parallel", None)
+    if parallel is None and len(frames) != 2:
+        raise ProtocolError(f"{cls.__name__}: expected 2 frames, got {len(frames)}")
     if len(body) > MAX_BODY:
         raise ProtocolError(f"body is {len(body)} bytes (limit {MAX_BODY})")
     try:
@@ -257,9 +279,26 @@ def decode(frames: list[bytes], max_data: int = MAX_DATA) -> Message:
     missing = _REQUIRED[cls] - data.keys()
     if missing:
         raise ProtocolError(f"{cls.__name__}: missing field(s) {', '.join(sorted(missing))}")
-    if carries_data:
-        data["data"] = frames[2]
+    if parallel is not None:
+        data["data"] = frames[2:]
+        _check_items(cls, {k: data[k] for k in parallel}, data["data"], max_data)
     return typing.cast(Message, cls(**data))
+
+
+def encode_many(build: Callable[[list[T]], Message], items: list[T]) -> Iterator[list[bytes]]:
+    """Encode `build(items)` as one message, or as several when the body would be too big."""
+    if not items:
+        return
+    try:
+        frames = encode(build(items))
+    except ProtocolError:
+        if len(items) == 1:
+            raise
+        half = len(items) // 2
+        yield from encode_many(build, items[:half])
+        yield from encode_many(build, items[half:])
+        return
+    yield frames
 
 
 def waiting(sock: zmq.Socket) -> Iterator[list[bytes]]:

@@ -77,3 +77,25 @@ def test_submit_jobs_and_job(instance: Instance) -> None:
     table = instance.ctl("jobs", "--limit", "3").stdout.splitlines()
     assert table[0].split()[:3] == ["ID", "TASK", "STATE"] and len(table) == 4
     assert instance.ctl("jobs", "--state", "bogus").returncode == 2
+
+
+def test_huge_failures_are_bounded_and_do_not_hurt_the_worker(instance: Instance) -> None:
+    instance.write_task_module("loud_tasks", """\
+        from workers import task
+
+        @task("loud")
+        def loud(n):
+            raise ValueError("x" * n)
+        """)
+    instance.write_config('tasks = ["loud_tasks"]\n', workers=1)
+    assert instance.ctl("start").returncode == 0
+    pid = instance.wait_ready(1)["workers"][0]["pid"]
+    from supervisor.client import Client, JobFailed
+    with Client(str(instance.config_path)) as client:
+        # 64 failures of 400 kB each: far over one message's body, sent in several.
+        outcomes = list(client.map("loud", [400_000] * 64, timeout=120, return_exceptions=True))
+    assert all(isinstance(o, JobFailed) for o in outcomes)
+    assert all(len(o.message) == 32_768 and len(o.traceback) <= 32_768 for o in outcomes)
+    status = instance.status()
+    assert status is not None and status["workers"][0]["pid"] == pid  # no crash, no restart
+    assert status["queue"]["failed"] == 64

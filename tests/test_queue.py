@@ -430,8 +430,10 @@ def test_malformed_input_at_every_socket_is_dropped_and_counted(
         # A foreign peer that looks like a worker of slot 0, with a pid no worker has.
         lookalike = dealer("workers", b"0:1")
         crafted = [
-            wire.encode(wire.Result(id="no-such-job", ok=True, data=b"1")),
-            wire.encode(wire.Result(id="no-such-job", ok=False, error={"type": "X"})),
+            wire.encode(wire.Result(ids=["no-such-job"], oks=[True], errors=[None],
+                                    data=[b"1"])),
+            wire.encode(wire.Result(ids=["no-such-job"], oks=[False], errors=[{"type": "X"}],
+                                    data=[b"null"])),
             wire.encode(wire.Ready(tasks={"echo": {"timeout": -1, "retryable": "yes"}})),
             wire.encode(wire.Heartbeat()),
             wire.encode(wire.Loading(slot=0, pid=1)),
@@ -441,7 +443,7 @@ def test_malformed_input_at_every_socket_is_dropped_and_counted(
                 sock.send_multipart(frames)
                 expected += 1
         # Valid messages on the wrong channel, and a Result on the queue channel.
-        for frames in (crafted[0], wire.encode(wire.Job(id="j", task="echo")),
+        for frames in (crafted[0], wire.encode(wire.Job(ids=["j"], tasks=["echo"], data=[b"1"])),
                        wire.encode(wire.Reply(ok=True)), wire.encode(wire.Heartbeat())):
             queue.send_multipart(frames)
             expected += 1
@@ -459,11 +461,11 @@ def test_malformed_input_at_every_socket_is_dropped_and_counted(
             expected += 1
         # Submits the daemon must answer, not drop: not JSON, unknown task, bad id; a Wait.
         answered = [
-            wire.Submit(id="bad-json", task="echo", data=b"{not json"),
-            wire.Submit(id="no-task", task="no_such_task", data=b"1"),
-            wire.Submit(id="", task="echo", data=b"1"),
-            wire.Submit(id="x" * 129, task="echo", data=b"1"),
-            wire.Wait(id="never-submitted"),
+            wire.Submit(ids=["bad-json"], task="echo", data=[b"{not json"]),
+            wire.Submit(ids=["no-task"], task="no_such_task", data=[b"1"]),
+            wire.Submit(ids=[""], task="echo", data=[b"1"]),
+            wire.Submit(ids=["x" * 129], task="echo", data=[b"1"]),
+            wire.Wait(ids=["never-submitted"]),
         ]
         for message in answered:
             queue.send_multipart(wire.encode(message))
@@ -472,7 +474,8 @@ def test_malformed_input_at_every_socket_is_dropped_and_counted(
         def all_answered() -> bool:
             while queue.poll(0):
                 reply = wire.decode(queue.recv_multipart())
-                replies[getattr(reply, "id")] = reply
+                for job_id in getattr(reply, "ids", None) or [getattr(reply, "id")]:
+                    replies[job_id] = reply
             return len(replies) == len(answered)
         wait_for(all_answered, 30, "answers to the raw submits")
         assert isinstance(replies["bad-json"], wire.Rejected)
@@ -482,7 +485,7 @@ def test_malformed_input_at_every_socket_is_dropped_and_counted(
         assert isinstance(replies[""], wire.Rejected)
         assert isinstance(replies["x" * 129], wire.Rejected)
         never = replies["never-submitted"]
-        assert isinstance(never, wire.JobResult) and never.state == "unknown"
+        assert isinstance(never, wire.JobResult) and never.states == ["unknown"]
 
         # A REQ peer gets an answer to every malformed or odd request, and stays usable.
         req = ctx.socket(zmq.REQ)

@@ -30,6 +30,23 @@ from workers.tasks import Task, import_task_modules
 
 log = logging.getLogger("workers")
 MEMORY_CHECK_EVERY = 1.0  # seconds
+# Results of quick jobs travel together: sent when the worker holds no more jobs, or when
+# this many are waiting, or when the oldest has waited this long. A job that took longer
+# than FLUSH_SLOW has its result sent at once: the message costs nothing next to the job,
+# and a result waiting in the worker dies with it (its job then runs again).
+FLUSH_ITEMS = 64
+FLUSH_AFTER = 0.005  # seconds
+FLUSH_SLOW = 0.001   # seconds
+MAX_ERROR_TEXT = 32_768  # characters of a failure's message and traceback kept
+# (job id, ok, error, result JSON)
+Outcome = tuple[str, bool, "dict[str, Any] | None", bytes]
+
+
+@dataclass(frozen=True)
+class PendingJob:
+    id: str
+    task: str
+    data: bytes
 _PR_SET_PDEATHSIG = 1
 
 
@@ -88,7 +105,9 @@ class Worker:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.stopping = False
-        self.inbox: collections.deque[wire.Job] = collections.deque()
+        self.inbox: collections.deque[PendingJob] = collections.deque()
+        self.outbox: list[Outcome] = []  # results not sent yet
+        self._unsent_since = time.monotonic()
         self.heard = time.monotonic()
         self.tasks: dict[str, Task] = {}
         self._stop_beats = threading.Event()
@@ -134,20 +153,34 @@ class Worker:
                 self._read_signals()
             self._drain()
             if self.stopping:
+                self._flush()
                 return 0  # jobs not started are requeued by the daemon
             if self.inbox:
+                started = time.monotonic()
                 results = self._run_next()
-                for result in results:
-                    self.send(result)
+                self.outbox.extend(results)
+                slow = time.monotonic() - started >= FLUSH_SLOW
                 self.jobs_done += len(results)
                 reason = self._over_limit()
                 if reason:
                     log.info("recycling: %s", reason)
+                    self._flush()
                     self.send(wire.Retiring(reason=reason))
                     return 0  # the jobs it holds and has not started go back to the queue
+                if slow or not self.inbox or len(self.outbox) >= FLUSH_ITEMS or \
+                        time.monotonic() - self._unsent_since >= FLUSH_AFTER:
+                    self._flush()
             elif time.monotonic() - self.heard > silence_limit:
                 log.error("daemon silent for %.1f s; exiting", time.monotonic() - self.heard)
                 return 1
+
+    def _flush(self) -> None:
+        """Send the results gathered since the last flush, in one message."""
+        if self.outbox:
+            out, self.outbox = self.outbox, []
+            for frames in wire.encode_many(_results, out):
+                self.sock.send_multipart(frames)
+        self._unsent_since = time.monotonic()
 
     def _over_limit(self) -> str | None:
         spec = self.spec
@@ -161,7 +194,7 @@ class Worker:
                 return f"{uss_mb:.0f} MiB of its own memory (max_memory_mb {spec.max_memory_mb})"
         return None
 
-    def _run_next(self) -> list[wire.Result]:
+    def _run_next(self) -> list[Outcome]:
         job = self.inbox.popleft()
         task = self.tasks.get(job.task)
         if task is None or not task.batch:
@@ -184,18 +217,17 @@ class Worker:
                 results.append(_failure(j.id, value))
                 continue
             try:
-                results.append(wire.Result(id=j.id, ok=True, data=json.dumps(value).encode()))
+                results.append(_success(j.id, value))
             except (TypeError, ValueError) as exc:
                 results.append(_failure(j.id, exc))
         return results
 
-    def _run(self, job: wire.Job) -> wire.Result:
+    def _run(self, job: PendingJob) -> Outcome:
         task = self.tasks.get(job.task)
         try:
             if task is None:
                 raise LookupError(f"this worker has no task {job.task!r}")
-            value = task.fn(json.loads(job.data))
-            return wire.Result(id=job.id, ok=True, data=json.dumps(value).encode())
+            return _success(job.id, task.fn(json.loads(job.data)))
         except Exception as exc:  # the task's failure is the job's result, not ours
             return _failure(job.id, exc)
 
@@ -217,7 +249,8 @@ class Worker:
                 log.warning("dropped a malformed message from the daemon: %s", exc)
                 continue
             if isinstance(message, wire.Job):
-                self.inbox.append(message)
+                self.inbox.extend(PendingJob(*job)
+                                  for job in zip(message.ids, message.tasks, message.data))
 
     def close(self) -> None:
         self._stop_beats.set()
@@ -225,15 +258,28 @@ class Worker:
         self.ctx.term()
 
 
-def _announce(jobs: list[wire.Job]) -> None:
+def _announce(jobs: list[PendingJob]) -> None:
     """Tell the daemon, over the stderr pipe, which jobs start now (see START_MARK)."""
     os.write(2, wire.START_MARK + " ".join(j.id for j in jobs).encode() + b"\n")
 
 
-def _failure(job_id: str, exc: BaseException) -> wire.Result:
-    return wire.Result(id=job_id, ok=False, error={
-        "type": type(exc).__name__, "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc))})
+def _results(outcomes: list[Outcome]) -> wire.Result:
+    return wire.Result(ids=[o[0] for o in outcomes], oks=[o[1] for o in outcomes],
+                       errors=[o[2] for o in outcomes], data=[o[3] for o in outcomes])
+
+
+def _success(job_id: str, value: Any) -> Outcome:
+    data = json.dumps(value).encode()  # TypeError/ValueError: the job fails
+    if len(data) > wire.MAX_DATA:
+        raise ValueError(f"result is {len(data)} bytes of JSON (limit {wire.MAX_DATA})")
+    return (job_id, True, None, data)
+
+
+def _failure(job_id: str, exc: BaseException) -> Outcome:
+    # Bounded, so that a failure always fits in a message.
+    return (job_id, False, {
+        "type": type(exc).__name__, "message": str(exc)[:MAX_ERROR_TEXT],
+        "traceback": "".join(traceback.format_exception(exc))[-MAX_ERROR_TEXT:]}, b"null")
 
 
 def run(spec: WorkerSpec) -> None:
