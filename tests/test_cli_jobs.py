@@ -99,3 +99,47 @@ def test_huge_failures_are_bounded_and_do_not_hurt_the_worker(instance: Instance
     status = instance.status()
     assert status is not None and status["workers"][0]["pid"] == pid  # no crash, no restart
     assert status["queue"]["failed"] == 64
+
+
+def test_a_map_in_progress_carries_on_across_a_daemon_restart(instance: Instance) -> None:
+    import os
+    import signal
+    import threading
+
+    from conftest import wait_for
+    from supervisor.client import Client
+
+    instance.write_task_module("slow_tasks", """\
+        import time
+        from workers import task
+
+        @task("slow.double")
+        def double(x):
+            time.sleep(0.02)
+            return 2 * x
+        """)
+    instance.write_config('tasks = ["slow_tasks"]\n', workers=2)
+    assert instance.ctl("start").returncode == 0
+    first = instance.wait_ready(2)["supervisor"]["pid"]
+    results: list[int] = []
+    errors: list[BaseException] = []
+
+    def run_map() -> None:
+        try:
+            with Client(str(instance.config_path), window=50) as client:
+                results.extend(client.map("slow.double", range(400), timeout=120))
+        except BaseException as exc:  # reported by the test thread below
+            errors.append(exc)
+
+    mapper = threading.Thread(target=run_map)
+    mapper.start()
+    try:
+        wait_for(lambda: (s := instance.status()) is not None and s["queue"]["done"] >= 60,
+                 60, "the map under way")
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: instance.daemon_pid() is None, 30, "the daemon gone")
+        assert instance.ctl("start").returncode == 0
+    finally:
+        mapper.join(180)
+    assert not mapper.is_alive() and not errors, errors
+    assert results == [2 * x for x in range(400)]
