@@ -173,6 +173,8 @@ class Daemon:
                 self.frames_dropped += 1
                 log.debug("workers: dropped a malformed frame: %s", exc)
                 continue
+            if self.pool.on_standby_message(frames[0], message):
+                continue
             slot = self.pool.slot_for(frames[0])
             if slot is None:
                 continue
@@ -269,6 +271,7 @@ class Daemon:
                 "log_file": self.paths.log_file,
                 "frames_dropped": self.frames_dropped + self.control.dropped
                 + self.pool.foreign_messages + self.broker.dropped,
+                "standby": self.pool.standby_status(),
             },
             "queue": self.broker.status(),
             "workers": workers,

@@ -21,6 +21,9 @@ from workers.main import WorkerSpec
 
 log = logging.getLogger(__name__)
 SendFn = Callable[[bytes, wire.Message], None]
+STANDBY = -1             # the slot number a standby worker is spawned with
+STANDBY_RETRY = 1.0      # seconds before a standby that died is replaced; doubles
+STANDBY_RETRY_MAX = 60.0
 
 
 class PoolListener(Protocol):
@@ -53,7 +56,7 @@ class WorkerSlot:
 
     @property
     def routing_id(self) -> bytes | None:
-        return f"{self.index}:{self.proc.pid}".encode() if self.proc else None
+        return self.proc.routing_id if self.proc else None
 
 
 class WorkerPool:
@@ -72,6 +75,12 @@ class WorkerPool:
         self._by_routing_id: dict[bytes, WorkerSlot] = {}
         self.foreign_messages = 0
         self._next_beat = 0.0
+        # The standby worker: spawned ahead once every slot was READY, loaded, waiting.
+        self.standby: WorkerProcess | None = None
+        self.standby_ready = False
+        self._standby_due: float | None = None  # when to spawn one; None: not yet
+        self._standby_delay = STANDBY_RETRY
+        self._stopping = False
 
     # -- driving the state machine -------------------------------------------------------
 
@@ -90,15 +99,20 @@ class WorkerPool:
             elif isinstance(action, Kill) and slot.proc is not None:
                 slot.proc.signal(action.signum)
 
-    def _spawn(self, slot: WorkerSlot, now: float) -> None:
+    def _spec(self, index: int) -> WorkerSpec:
         w = self.config.workers
-        spec = WorkerSpec(slot=slot.index, endpoint=self.endpoint, daemon_pid=self.daemon_pid,
+        return WorkerSpec(slot=index, endpoint=self.endpoint, daemon_pid=self.daemon_pid,
                           tasks=tuple(w.tasks), heartbeat_interval=w.heartbeat_interval,
                           heartbeat_liveness=w.heartbeat_liveness,
                           log_level=self.config.supervisor.log_level, models=self.models,
                           max_jobs=w.max_jobs_per_worker, max_memory_mb=w.max_memory_mb)
+
+    def _spawn(self, slot: WorkerSlot, now: float) -> None:
+        if self.standby is not None and self.standby_ready:
+            self._take_standby(slot, now)
+            return
         try:
-            slot.proc = self.spawner.spawn(spec)
+            slot.proc = self.spawner.spawn(self._spec(slot.index))
         except OSError as exc:
             log.error("slot %d: spawn failed: %s", slot.index, exc)
             slot.proc = None
@@ -110,6 +124,60 @@ class WorkerPool:
         self._by_routing_id[slot.routing_id + b":hb"] = slot  # its heartbeat thread
         log.info("slot %d: spawned worker pid %d", slot.index, slot.proc.pid)
 
+    def _take_standby(self, slot: WorkerSlot, now: float) -> None:
+        proc, self.standby = self.standby, None
+        assert proc is not None
+        proc.slot = slot.index
+        slot.proc, slot.tasks = proc, {}
+        self._by_routing_id[proc.routing_id] = slot
+        self._by_routing_id[proc.routing_id + b":hb"] = slot
+        self.send(proc.routing_id, wire.Assign(slot=slot.index))
+        self._standby_due = now  # and load the next one
+        log.info("slot %d: standby worker pid %d takes over", slot.index, proc.pid)
+
+    def _tend_standby(self, now: float) -> None:
+        if not self.config.workers.standby or self._stopping or self.standby is not None:
+            return
+        if self._standby_due is None:
+            if all(s.state.state in lifecycle.SERVING_STATES for s in self.slots):
+                self._standby_due = now  # not before: it would slow the start down
+            return
+        if now < self._standby_due:
+            return
+        try:
+            self.standby = self.spawner.spawn(self._spec(STANDBY))
+            self.standby_ready = False
+            log.info("standby worker pid %d spawned", self.standby.pid)
+        except OSError as exc:
+            log.error("standby: spawn failed: %s", exc)
+            self._standby_due = now + self._standby_delay
+
+    def on_standby_message(self, routing_id: bytes, message: wire.Message) -> bool:
+        """True if the message came from the standby worker (and was taken care of)."""
+        proc = self.standby
+        if proc is None or routing_id not in (proc.routing_id, proc.routing_id + b":hb"):
+            return False
+        if isinstance(message, wire.Ready):
+            self.standby_ready = True
+            self._standby_delay = STANDBY_RETRY
+            log.info("standby worker pid %d loaded and waiting", proc.pid)
+        return True
+
+    def _reap_standby(self, now: float) -> None:
+        proc = self.standby
+        if proc is None or (code := proc.poll_exit()) is None:
+            return
+        self.read_stderr(proc, now)
+        proc.close_stderr()
+        proc.process.close()
+        self.standby = None
+        if not self._stopping:
+            # Something kills it (a broken task module, say): retry, less and less often.
+            self._standby_due = now + self._standby_delay
+            self._standby_delay = min(STANDBY_RETRY_MAX, self._standby_delay * 2)
+            log.warning("standby worker pid %d %s; another in %.0f s", proc.pid,
+                        describe_exit(code), self._standby_due - now)
+
     def start_all(self, now: float) -> None:
         for slot in self.slots:
             self.apply(slot, Event.START, now)
@@ -117,6 +185,9 @@ class WorkerPool:
     def stop_all(self, now: float, timeout: float | None = None) -> None:
         if timeout is not None:
             self.policy = lifecycle.Policy(**{**self.policy.__dict__, "stop_timeout": timeout})
+        self._stopping = True
+        if self.standby is not None:
+            self.standby.signal(signal.SIGTERM)
         for slot in self.slots:
             self.apply(slot, Event.STOP, now)
 
@@ -146,6 +217,7 @@ class WorkerPool:
             self.foreign_messages += 1
 
     def reap(self, now: float) -> None:
+        self._reap_standby(now)
         for slot in self.slots:
             proc = slot.proc
             if proc is None:
@@ -173,11 +245,14 @@ class WorkerPool:
     def tick(self, now: float) -> None:
         for slot in self.slots:
             self.apply(slot, Event.TICK, now)
+        self._tend_standby(now)
         if now >= self._next_beat:
             self._next_beat = now + self.config.workers.heartbeat_interval
             for slot in self.slots:
                 if slot.state.state in lifecycle.SERVING_STATES and slot.routing_id:
                     self.send(slot.routing_id, wire.Heartbeat())
+            if self.standby is not None and self.standby_ready:
+                self.send(self.standby.routing_id, wire.Heartbeat())
 
     # -- what the loop needs to know -----------------------------------------------------
 
@@ -189,6 +264,8 @@ class WorkerPool:
     def next_deadline(self) -> float:
         deadlines = [d for s in self.slots
                      if (d := lifecycle.next_deadline(s.state, self.policy)) is not None]
+        if self.standby is None and self._standby_due is not None:
+            deadlines.append(self._standby_due)
         return min([self._next_beat, *deadlines])
 
     def read_stderr(self, proc: WorkerProcess, now: float) -> None:
@@ -197,20 +274,27 @@ class WorkerPool:
         for job_ids in proc.take_starts():
             self.listener.jobs_started(proc.slot, job_ids, now)
 
+    def _processes(self) -> list[WorkerProcess]:
+        procs = [s.proc for s in self.slots if s.proc is not None]
+        return procs + [self.standby] if self.standby is not None else procs
+
     def stderr_fds(self) -> dict[int, WorkerProcess]:
-        return {s.proc.stderr_fd: s.proc for s in self.slots
-                if s.proc is not None and s.proc.stderr_fd is not None}
+        return {p.stderr_fd: p for p in self._processes() if p.stderr_fd is not None}
 
     def all_exited(self) -> bool:
-        return all(s.proc is None and s.state.state not in lifecycle.LIVE_STATES
-                   for s in self.slots)
+        return self.standby is None and all(
+            s.proc is None and s.state.state not in lifecycle.LIVE_STATES for s in self.slots)
 
     def kill_all(self) -> None:
         """Last resort when the daemon itself fails: nothing of ours may outlive it."""
-        for slot in self.slots:
-            if slot.proc is not None:
-                slot.proc.signal(signal.SIGKILL)
-                slot.proc.process.join(5)
+        for proc in self._processes():
+            proc.signal(signal.SIGKILL)
+            proc.process.join(5)
+
+    def standby_status(self) -> dict[str, Any] | None:
+        if self.standby is None:
+            return None
+        return {"pid": self.standby.pid, "ready": self.standby_ready}
 
     def status(self, now: float) -> list[dict[str, Any]]:
         rows = []

@@ -50,4 +50,7 @@ def status(data: dict[str, Any]) -> str:
                      str(w["restarts"]), size(w["rss_bytes"]), cpu, note])
     body = table(["SLOT", "PID", "STATE", "UPTIME", "RESTARTS", "RSS", "CPU%", "LAST EXIT"], rows)
     env = " ".join(f"{k}={v!r}" for k, v in sorted(data["env"].items()))
-    return f"{head}\n{body}\nenv: {env}"
+    standby = sup.get("standby")
+    spare = (f"\nstandby: pid {standby['pid']} ({'loaded' if standby['ready'] else 'loading'})"
+             if standby else "")
+    return f"{head}\n{body}{spare}\nenv: {env}"

@@ -77,6 +77,11 @@ class WorkersSettings:
         0, "Memory of its own (USS, so shared model weights do not count), in MiB, above "
         "which a worker is replaced after its current job (0: no limit).", at_least(0)
     )
+    standby: int = _setting(
+        0, "Spare workers kept loaded (0 or 1): a slot whose worker died or was recycled is "
+        "taken over at once instead of waiting for a new process's imports. Costs one "
+        "worker's memory.", lambda v: None if v in (0, 1) else f"must be 0 or 1, got {v}"
+    )
     credit: int = _setting(
         16, "Jobs a worker may hold at once (the one it runs and those queued behind it). "
         "Jobs held by a worker that dies are requeued.", at_least(1)

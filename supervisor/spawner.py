@@ -45,6 +45,8 @@ class WorkerProcess:
         self.process = process
         assert process.pid is not None
         self.pid: int = process.pid
+        # Fixed at spawn (a standby keeps its "-1:pid" when it takes a slot over).
+        self.routing_id = f"{slot}:{self.pid}".encode()
         self.stderr_fd: int | None = stderr_fd
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self._partial = b""

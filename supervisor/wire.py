@@ -15,7 +15,7 @@ socket owner strips before `decode`::
 Worker channel (worker DEALER -> daemon ROUTER ``workers.sock``; routing id "slot:pid",
 and "slot:pid:hb" for the worker's heartbeat thread):
     worker -> daemon: Loading, Ready, Heartbeat, Result(+result), Retiring
-    daemon -> worker: Heartbeat, Job(+payload)
+    daemon -> worker: Heartbeat, Job(+payloads), Assign (to a standby worker)
 Queue channel (client DEALER -> daemon ROUTER ``queue.sock``):
     client -> daemon: Submit(+payload), Wait
     daemon -> client: Accepted, Rejected, JobResult(+result)
@@ -65,6 +65,7 @@ class Command(IntEnum):
     JOB = 4
     RESULT = 5
     RETIRING = 6
+    ASSIGN = 7
     SUBMIT = 8
     ACCEPTED = 9
     REJECTED = 10
@@ -124,6 +125,13 @@ class Retiring:
 
 
 @dataclass(frozen=True)
+class Assign:
+    """To a standby worker (spawned as slot -1, loaded, waiting): you are this slot now."""
+    command: ClassVar[Command] = Command.ASSIGN
+    slot: int
+
+
+@dataclass(frozen=True)
 class Submit:
     """New jobs of one task: one data frame (the payload, JSON) per job."""
     command: ClassVar[Command] = Command.SUBMIT
@@ -180,7 +188,7 @@ class Reply:
     error: str | None = None
 
 
-Message = (Loading | Ready | Heartbeat | Job | Result | Retiring | Submit | Accepted
+Message = (Loading | Ready | Heartbeat | Job | Result | Retiring | Assign | Submit | Accepted
            | Rejected | Wait | JobResult | Request | Reply)
 _BY_COMMAND: dict[int, type] = {cls.command: cls for cls in typing.get_args(Message)}
 # Per class: field name -> type hint, without the data frame; resolved once.

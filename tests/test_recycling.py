@@ -46,3 +46,35 @@ def test_worker_recycled_over_its_own_memory(instance: Instance) -> None:
                                   and s["workers"][0]["state"] == "READY", 60, "a new worker")
     assert status["workers"][0]["last_exit"].startswith("recycled: ")
     assert "(max_memory_mb 120)" in status["workers"][0]["last_exit"]
+
+
+def test_standby_worker_takes_a_dead_workers_slot_over(instance: Instance) -> None:
+    import os
+    import signal
+
+    from conftest import pid_gone
+
+    instance.write_config("standby = 1\n", workers=2)
+    assert instance.ctl("start").returncode == 0
+    status = instance.wait_status(lambda s: (s["supervisor"]["standby"] or {}).get("ready"),
+                                  60, "a loaded standby")
+    spare = status["supervisor"]["standby"]["pid"]
+    assert spare not in [w["pid"] for w in status["workers"]]
+    assert spare in instance.marked_pids()
+    victim = status["workers"][1]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    after = instance.wait_status(
+        lambda s: s["workers"][1]["pid"] == spare and s["workers"][1]["state"] == "READY",
+        30, "the standby in slot 1")
+    assert after["workers"][1]["restarts"] == 1
+    assert after["workers"][1]["last_exit"] == "killed by SIGKILL"
+    # It runs jobs as slot 1, and a new standby is loaded behind it.
+    with Client(str(instance.config_path)) as client:
+        assert list(client.map("echo", range(50), timeout=60)) == list(range(50))
+    renewed = instance.wait_status(
+        lambda s: (s["supervisor"]["standby"] or {}).get("ready")
+        and s["supervisor"]["standby"]["pid"] != spare, 60, "a new standby")
+    new_spare = renewed["supervisor"]["standby"]["pid"]
+    assert instance.ctl("stop").returncode == 0
+    assert pid_gone(new_spare) and pid_gone(spare)
+    assert instance.marked_pids() == []

@@ -11,6 +11,7 @@ import pytest
 
 from supervisor import wire
 from supervisor.wire import (
+    Assign,
     MAX_BODY,
     MAX_DATA,
     MAX_ITEMS,
@@ -62,6 +63,7 @@ MESSAGES: list[wire.Message] = [
            errors=[None, TRACEBACK, None], data=[b"[1]", b"null", b'"x"']),
     Retiring(reason="500 jobs done (max_jobs_per_worker 500)"),
     Retiring(reason=""),
+    Assign(slot=1),
     Submit(ids=[], task="ocr.run"),
     Submit(ids=["c-1"], task="ocr.run", data=[b"{}"]),
     Submit(ids=["c-2", "c-3", "c-4"], task="embed.batch", wait=True,
@@ -386,7 +388,7 @@ def test_wrong_version(version: int) -> None:
 UNKNOWN_COMMANDS = [c for c in range(256) if c not in set(Command)]
 
 
-@pytest.mark.parametrize("command", [0, 7, 13, 14, 15, 18, 255])
+@pytest.mark.parametrize("command", [0, 13, 14, 15, 18, 108, 255])
 def test_unknown_command(command: int) -> None:
     assert command not in set(Command)
     assert protocol_error(frames(command, {})) == f"unknown command {command}"

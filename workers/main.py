@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psutil
@@ -29,6 +29,7 @@ from workers import models
 from workers.tasks import Task, import_task_modules
 
 log = logging.getLogger("workers")
+STANDBY = -1  # the slot of a worker spawned ahead, before any slot needs it
 MEMORY_CHECK_EVERY = 1.0  # seconds
 # Results of quick jobs travel together: sent when the worker holds no more jobs, or when
 # this many are waiting, or when the oldest has waited this long. A job that took longer
@@ -138,14 +139,19 @@ class Worker:
         threading.Thread(target=_heartbeats, name="heartbeats", daemon=True, args=(
             self.ctx, spec.endpoint, self.routing_id + b":hb", spec.heartbeat_interval,
             self._stop_beats)).start()
-        self.send(wire.Ready(tasks={
-            name: {"timeout": t.timeout, "retryable": t.retryable}
-            for name, t in self.tasks.items()}))
-        log.info("ready with tasks: %s", ", ".join(sorted(self.tasks)))
+        ready = wire.Ready(tasks={name: {"timeout": t.timeout, "retryable": t.retryable}
+                                  for name, t in self.tasks.items()})
+        self.send(ready)
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self._wake_r.fileno(), zmq.POLLIN)
         silence_limit = spec.heartbeat_interval * spec.heartbeat_liveness
+        if spec.slot == STANDBY:
+            log.info("standby, loaded; waiting for a slot")
+            if not self._await_slot(poller, silence_limit):
+                return 0
+            self.send(ready)
+        log.info("ready with tasks: %s", ", ".join(sorted(self.tasks)))
         while True:
             wait = 0 if self.inbox else int(spec.heartbeat_interval * 1000)
             events = dict(poller.poll(wait))
@@ -173,6 +179,29 @@ class Worker:
             elif time.monotonic() - self.heard > silence_limit:
                 log.error("daemon silent for %.1f s; exiting", time.monotonic() - self.heard)
                 return 1
+
+    def _await_slot(self, poller: zmq.Poller, silence_limit: float) -> bool:
+        """A standby waits to be given a slot; False if it is stopped first."""
+        while True:
+            events = dict(poller.poll(int(self.spec.heartbeat_interval * 1000)))
+            if self._wake_r.fileno() in events:
+                self._read_signals()
+            if self.stopping:
+                return False
+            if time.monotonic() - self.heard > silence_limit:
+                log.error("daemon silent for %.1f s; exiting", time.monotonic() - self.heard)
+                return False
+            for frames in wire.waiting(self.sock):
+                self.heard = time.monotonic()
+                try:
+                    message = wire.decode(frames)
+                except wire.ProtocolError as exc:
+                    log.warning("dropped a malformed message from the daemon: %s", exc)
+                    continue
+                if isinstance(message, wire.Assign):
+                    self.spec = replace(self.spec, slot=message.slot)
+                    os.environ[SLOT_ENV] = str(message.slot)
+                    return True
 
     def _flush(self) -> None:
         """Send the results gathered since the last flush, in one message."""
