@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import transformers
 
+MAX_PADDING = 0.1  # share of a forward pass that may be padding
+
 def _read_json(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as fh:
@@ -101,20 +103,34 @@ class SentenceEncoder:
         """Normalised embeddings, in input order; forward passes up to batch_tokens each."""
         if not texts:
             return []
-        lengths = self.token_counts(texts)
-        order = sorted(range(len(texts)), key=lambda i: lengths[i])
         out: list[list[float] | None] = [None] * len(texts)
-        start = 0
         with torch.inference_mode():
-            while start < len(order):
-                end = start + 1
-                # Padded cost of a batch: its longest text times its size (sorted by length).
-                while end < len(order) and lengths[order[end]] * (end + 1 - start) <= \
-                        self.batch_tokens:
-                    end += 1
-                chunk = order[start:end]
+            for chunk in plan_passes(self.token_counts(texts), self.batch_tokens):
                 vectors = self._forward([texts[i] for i in chunk]).tolist()
                 for i, vector in zip(chunk, vectors):
                     out[i] = vector
-                start = end
         return out  # type: ignore[return-value]
+
+
+def plan_passes(lengths: list[int], batch_tokens: int,
+                max_padding: float = MAX_PADDING) -> list[list[int]]:
+    """Group texts (by index) into forward passes.
+
+    Sorted by length, a pass pads every text to its last (longest) one. A pass grows while
+    that padded size fits the token budget and padding stays under `max_padding` of it:
+    compute spent on padding is lost, and passes are cheap to start.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    passes, start = [], 0
+    while start < len(order):
+        end, real = start + 1, lengths[order[start]]
+        while end < len(order):
+            padded = lengths[order[end]] * (end + 1 - start)
+            if padded > batch_tokens or padded - (real + lengths[order[end]]) > \
+                    max_padding * padded:
+                break
+            real += lengths[order[end]]
+            end += 1
+        passes.append(order[start:end])
+        start = end
+    return passes
