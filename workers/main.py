@@ -113,6 +113,7 @@ class Worker:
         self.tasks: dict[str, Task] = {}
         self._stop_beats = threading.Event()
         self.jobs_done = 0
+        self.assigned: int | None = None  # a standby's slot, once the daemon gives it one
         self._next_memory_check = 0.0
 
     def _install_signals(self) -> None:
@@ -191,17 +192,11 @@ class Worker:
             if time.monotonic() - self.heard > silence_limit:
                 log.error("daemon silent for %.1f s; exiting", time.monotonic() - self.heard)
                 return False
-            for frames in wire.waiting(self.sock):
-                self.heard = time.monotonic()
-                try:
-                    message = wire.decode(frames)
-                except wire.ProtocolError as exc:
-                    log.warning("dropped a malformed message from the daemon: %s", exc)
-                    continue
-                if isinstance(message, wire.Assign):
-                    self.spec = replace(self.spec, slot=message.slot)
-                    os.environ[SLOT_ENV] = str(message.slot)
-                    return True
+            self._drain()
+            if self.assigned is not None:
+                self.spec = replace(self.spec, slot=self.assigned)
+                os.environ[SLOT_ENV] = str(self.assigned)
+                return True
 
     def _flush(self) -> None:
         """Send the results gathered since the last flush, in one message."""
@@ -280,6 +275,8 @@ class Worker:
             if isinstance(message, wire.Job):
                 self.inbox.extend(PendingJob(*job)
                                   for job in zip(message.ids, message.tasks, message.data))
+            elif isinstance(message, wire.Assign):
+                self.assigned = message.slot
 
     def close(self) -> None:
         self._stop_beats.set()
