@@ -30,9 +30,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
-# etc/docbrain.toml is generated from the settings' definitions (supervisor/settings.py).
+# etc/docbrain.toml is generated from the settings' definitions (supervisor/settings.py),
+# the systemd units and launchd plist in etc/ by the code of install-service (supervisor/units.py).
 example-config: $(STAMP)
 	$(BIN)/docbrainctl config --example > etc/docbrain.toml
+	$(BIN)/python -m supervisor.units etc
 
 clean:
 	rm -rf $(VENV) *.egg-info

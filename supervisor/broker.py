@@ -58,6 +58,8 @@ class Broker:
         self.acks: dict[bytes, list[str]] = {}
         self.ends: dict[bytes, list[End]] = {}
         self.rejected: list[tuple[bytes, wire.Rejected]] = []
+        # Told of every job that ends: task, state, seconds it ran (None when unknown).
+        self.on_finished: Callable[[str, str, float | None], None] | None = None
         self.jobs_done: dict[int, int] = {}
         self.dropped = 0
         self._next_purge = 0.0
@@ -149,24 +151,25 @@ class Broker:
 
     def on_results(self, slot: int, msg: wire.Result, now: float) -> bool:
         """Apply a worker's results; True if the slot holds no job any more."""
-        for job_id, ok, error, data in zip(msg.ids, msg.oks, msg.errors, msg.data):
-            self._on_result(slot, job_id, ok, error, data, now)
+        for job_id, ok, error, seconds, data in zip(msg.ids, msg.oks, msg.errors, msg.seconds,
+                                                     msg.data):
+            self._on_result(slot, job_id, ok, error, seconds, data, now)
         return self.queue.held(slot) == 0
 
     def _on_result(self, slot: int, job_id: str, ok: bool, error: dict[str, Any] | None,
-                   data: bytes, now: float) -> None:
+                   seconds: float, data: bytes, now: float) -> None:
         job = self.queue.complete(slot, job_id, now)
         if job is None:
             self.dropped += 1  # not a job this slot holds: a late or foreign result
             return
         self.jobs_done[slot] = self.jobs_done.get(slot, 0) + 1
         if ok:
-            self._finish(job, DONE, result=data)
+            self._finish(job, DONE, result=data, seconds=seconds)
         elif self.catalog.get(job.task, {}).get("retryable") and \
                 job.runs < self.config.queue.max_attempts:  # runs: times really started
             self.queue.requeue(job)
         else:
-            self._finish(job, FAILED, error=error)
+            self._finish(job, FAILED, error=error, seconds=seconds)
 
     def jobs_started(self, slot: int, job_ids: list[str], now: float) -> None:
         self.queue.start(slot, job_ids, now)
@@ -208,8 +211,10 @@ class Broker:
         return fed
 
     def _finish(self, job: QueuedJob, state: str, result: bytes | None = None,
-                error: dict[str, Any] | None = None) -> None:
+                error: dict[str, Any] | None = None, seconds: float | None = None) -> None:
         self.journal.finish(job.id, state, job.attempts, job.runs, time.time(), result, error)
+        if self.on_finished is not None:
+            self.on_finished(job.task, state, seconds)
         self.counts[PENDING] -= 1
         self.counts[state] += 1
         for client in self.waiters.pop(job.id, ()):
@@ -239,6 +244,11 @@ class Broker:
                 self.sock.send_multipart([client, *frames], zmq.NOBLOCK)
             except zmq.ZMQError as exc:
                 log.debug("queue: reply to a gone client dropped: %s", exc)
+
+    def reconfigure(self, config: Config) -> None:
+        """A reload: limits apply to what comes next (the journal and socket stay)."""
+        self.config = config
+        self.queue.max_attempts = config.queue.max_attempts
 
     def status(self) -> dict[str, int]:
         running = len(self.queue.running)

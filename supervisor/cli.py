@@ -86,7 +86,8 @@ def start(ctx: click.Context, foreground: bool, workers: int | None, log_to_stde
         # Imported here: the daemon pulls in zmq machinery the other commands do not need.
         from supervisor.daemon import Daemon
 
-        raise CliExit(Daemon(config, log_to_stderr=log_to_stderr).run())
+        raise CliExit(Daemon(config, log_to_stderr=log_to_stderr,
+                             overrides={"workers.count": workers}).run())
     _start_detached(config, paths, workers)
 
 
@@ -253,5 +254,5 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-# The job commands register themselves on `cli`; imported last, as they use the helpers above.
-from supervisor import cli_jobs  # noqa: E402,F401
+# The other commands register themselves on `cli`; imported last, as they use the helpers above.
+from supervisor import cli_doctor, cli_jobs, cli_ops, cli_service  # noqa: E402,F401

@@ -4,6 +4,8 @@ Start order: (1) kill stale workers, (2) set the environment guards, (3) preload
 (4) launch workers. The loop polls the control socket, the workers socket, the workers'
 stderr pipes and a signal wake-up fd together; signal handlers do nothing but make the
 signal readable on that fd, and the loop dispatches it to a ``_on_<name>`` method.
+Each pass also moves a reload on (supervisor.reload) and, once a second, tells the service
+manager (supervisor.notify) and the metrics how things stand.
 """
 
 from __future__ import annotations
@@ -14,22 +16,26 @@ import signal
 import socket
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 import zmq
 
 from supervisor import __version__, envguard, stale, wire
 from supervisor.broker import Broker
-from supervisor.control import ControlServer, RequestError
-from supervisor.lifecycle import Event
-from supervisor.journal import STATES
+from supervisor.control import ControlServer
+from supervisor.lifecycle import SERVING_STATES, Event, WorkerState
 from supervisor.logs import DaemonLog
 from supervisor.marker import MARKER_ENV, InstanceMarker
+from supervisor.metrics import Metrics, MetricsError
 from supervisor.models import ModelLoadError, preload
+from supervisor.notify import Notifier
 from supervisor.paths import StatePaths
 from supervisor.pidfile import AlreadyRunning, PidFile
 from supervisor.pool import WorkerPool, WorkerSlot
-from supervisor.settings import Config
+from supervisor.reload import Reloader, ReloadError
+from supervisor.requests import ControlRequests
+from supervisor.settings import Config, MetricsSettings
 from supervisor.spawner import Spawner, start_helpers
 
 log = logging.getLogger(__name__)
@@ -37,12 +43,20 @@ HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
                    signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
 MAX_POLL_WAIT = 1.0  # seconds; deadlines are usually nearer
 REAP_EVERY = 0.5     # seconds between reaps that no SIGCHLD asked for
-MAX_LIST = 100_000   # most jobs one `jobs` request lists
+SERVICE_EVERY = 1.0  # seconds between STATUS= updates and metrics refreshes
 
 
 class Daemon:
-    def __init__(self, config: Config, log_to_stderr: bool = True) -> None:
+    def __init__(self, config: Config, log_to_stderr: bool = True,
+                 overrides: dict[str, Any] | None = None) -> None:
         self.config = config
+        # Read (and removed from the environment, so workers do not inherit it) first.
+        self.notifier = Notifier()
+        self.reloader = Reloader(self, dict(os.environ), dict(overrides or {}))
+        self.metrics: Metrics | None = None
+        self.models: dict[str, Any] = {}
+        self._ready_sent = False
+        self._next_service = 0.0
         self.paths = StatePaths.for_state_dir(config.supervisor.state_dir)
         self.log_to_stderr = log_to_stderr
         self.pid = os.getpid()
@@ -73,6 +87,8 @@ class Daemon:
             log.exception("daemon failed")
             return 1
         finally:
+            if self.state != "stopping":  # failed: systemd is told we go all the same
+                self.notifier.stopping()
             self._cleanup()
             pidfile.release()
             log.info("stopped")
@@ -90,6 +106,11 @@ class Daemon:
         log.info("environment guards: %s",
                  " ".join(f"{k}={v!r}" for k, v in sorted(self.guards.items())))
         try:
+            self._serve_metrics(self.config.metrics)
+        except MetricsError as exc:
+            log.error("startup failed: %s", exc)
+            return 1
+        try:
             self.models = preload(self.config.models)                # (3)
         except ModelLoadError as exc:
             log.error("startup failed: %s", exc)
@@ -97,20 +118,25 @@ class Daemon:
         self._open_sockets()
         self.pool = WorkerPool(self.config, self.paths.endpoint("workers"), self.pid,
                                Spawner(), self._send_to_worker, self.broker, self.models)
+        if self.metrics is not None:
+            self.pool.on_restart = self.metrics.restarted
+            self.broker.on_finished = self.metrics.job_finished
         self.pool.start_all(time.monotonic())                        # (4)
         self.state = "running"
         self._loop()
         return 0
 
+    def _serve_metrics(self, settings: MetricsSettings) -> None:
+        if settings.port:
+            metrics = Metrics(started=self.started)
+            metrics.start(settings.address, settings.port)
+            self.metrics = metrics
+            log.info("metrics on http://%s:%d/metrics", settings.address, metrics.port)
+
     def _open_sockets(self) -> None:
         self.ctx = zmq.Context()
-        self.control = ControlServer(self.ctx, self.paths.endpoint("control"), {
-            "ping": lambda _args: {"pid": self.pid},
-            "status": self._status,
-            "stop": self._stop_request,
-            "jobs": self._jobs_request,
-            "job": self._job_request,
-        })
+        self.control = ControlServer(self.ctx, self.paths.endpoint("control"),
+                                     ControlRequests(self).handlers())
         self.broker = Broker(self.config, self.ctx, self.paths.endpoint("queue"),
                              self.paths.journal)
         self.workers_sock = self.ctx.socket(zmq.ROUTER)
@@ -138,7 +164,11 @@ class Daemon:
             for fd in fds.keys() - pipes:
                 poller.register(fd, zmq.POLLIN)
             pipes = set(fds)
-            wait = min(MAX_POLL_WAIT, max(0.0, self.pool.next_deadline() - time.monotonic()))
+            deadline = min(self.pool.next_deadline(), self.notifier.next_deadline() or MAX_POLL_WAIT
+                           + time.monotonic())
+            # Models of a reload load in a thread; look for the end of it often.
+            cap = 0.05 if self.reloader.state == "loading" else MAX_POLL_WAIT
+            wait = min(cap, max(0.0, deadline - time.monotonic()))
             events = dict(poller.poll(int(wait * 1000)))
             if self._wake_r.fileno() in events:  # plain fds come back as ints
                 self._read_signals()
@@ -159,6 +189,8 @@ class Daemon:
             for index, reason in self.broker.overdue(now):
                 self.pool.apply(self.pool.slots[index], Event.KILL, now, reason)
             self.pool.tick(now)
+            self.reloader.poll(now)
+            self._tell_service(now)
             self.broker.flush()  # one commit, then acknowledgements and results
             for index in self.broker.dispatch(self.pool.serving(), now, self._send_to_worker):
                 self.pool.apply(self.pool.slots[index], Event.JOB_STARTED, now)
@@ -206,7 +238,7 @@ class Daemon:
 
     def _on_sigterm(self, signum: int) -> None:
         log.info("%s: stopping", signal.Signals(signum).name)
-        self._begin_stop()
+        self.begin_stop()
 
     _on_sigint = _on_sigterm
 
@@ -217,70 +249,88 @@ class Daemon:
         self.log.reopen()
         log.info("SIGUSR1: log file reopened")
 
+    def _on_sighup(self, _signum: int) -> None:
+        try:
+            self.reloader.request("SIGHUP")
+        except ReloadError:
+            pass  # logged; the configuration in force stays
+
+    def _on_sigttin(self, _signum: int) -> None:
+        self.scale(self.pool.target + 1, "SIGTTIN")
+
+    def _on_sigttou(self, _signum: int) -> None:
+        if self.pool.target <= 1:
+            log.warning("SIGTTOU ignored: one worker is the fewest")
+            return
+        self.scale(self.pool.target - 1, "SIGTTOU")
+
     def _on_unhandled(self, signum: int) -> None:
-        # SIGHUP (reload) and SIGTTIN/SIGTTOU (scale) are not supported by this version;
-        # they are caught so that they cannot kill the daemon with their default action.
-        log.warning("%s ignored: not supported by this version", signal.Signals(signum).name)
+        log.warning("%s ignored", signal.Signals(signum).name)
 
     # -- control requests ----------------------------------------------------------------
 
-    def _begin_stop(self, timeout: float | None = None) -> None:
+    def begin_stop(self, timeout: float | None = None) -> None:
         if self.state != "stopping":
             self.state = "stopping"
+            self.notifier.stopping()
             self.pool.stop_all(time.monotonic(), timeout)
 
-    def _stop_request(self, args: dict[str, Any]) -> dict[str, Any]:
-        timeout = args.get("timeout")
-        if timeout is not None and (isinstance(timeout, bool)
-                                    or not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise RequestError(f"stop: timeout must be a positive number, got {timeout!r}")
-        self._begin_stop(None if timeout is None else float(timeout))
-        return {"pid": self.pid}
+    def scale(self, count: int, why: str) -> None:
+        if self.state != "running":
+            return
+        log.info("%s: %d -> %d workers", why, self.pool.target, count)
+        self.pool.resize(count, time.monotonic())
 
-    def _jobs_request(self, args: dict[str, Any]) -> dict[str, Any]:
-        state, limit = args.get("state"), args.get("limit", 100)
-        if state is not None and state not in STATES:
-            raise RequestError(f"jobs: state must be one of {', '.join(STATES)}, got {state!r}")
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST:
-            raise RequestError(f"jobs: limit must be an integer from 1 to {MAX_LIST}, "
-                               f"got {limit!r}")
-        return {"jobs": self.broker.recent(state, limit)}
+    # -- the service manager and metrics --------------------------------------------------
 
-    def _job_request(self, args: dict[str, Any]) -> dict[str, Any]:
-        job_id = args.get("id")
-        info = self.broker.job_info(job_id) if isinstance(job_id, str) else None
-        if info is None:
-            raise RequestError(f"no such job: {job_id}")
-        return {"job": info}
+    def switch_metrics(self, settings: MetricsSettings) -> None:
+        """Serve metrics as a reload asks (counters start again from zero, which Prometheus
+        reads as a reset); raises MetricsError with the old server back in place."""
+        old, self.metrics = self.metrics, None
+        if old is not None:
+            old.stop()
+        try:
+            self._serve_metrics(settings)
+        except MetricsError:
+            self._serve_metrics(self.config.metrics)  # as if nothing was asked
+            raise
+        finally:
+            self.pool.on_restart = self.metrics.restarted if self.metrics else None
+            self.broker.on_finished = self.metrics.job_finished if self.metrics else None
 
-    def _status(self, _args: dict[str, Any]) -> dict[str, Any]:
-        now = time.monotonic()
-        workers = self.pool.status(now)
-        for row in workers:
-            current = self.broker.queue.current(row["slot"])
-            row["jobs_done"] = self.broker.jobs_done.get(row["slot"], 0)
-            row["current_job"] = current.id if current else None
-        return {
-            "supervisor": {
-                "pid": self.pid,
-                "state": self.state,
-                "uptime_s": round(now - self.started, 3),
-                "version": __version__,
-                "state_dir": self.paths.state_dir,
-                "config": self.config.path,
-                "log_file": self.paths.log_file,
-                "frames_dropped": self.frames_dropped + self.control.dropped
-                + self.pool.foreign_messages + self.broker.dropped,
-                "standby": self.pool.standby_status(),
-            },
-            "queue": self.broker.status(),
-            "workers": workers,
-            "env": self.guards,
-        }
+    def status_line(self) -> str:
+        serving = sum(1 for s in self.pool.slots[:self.pool.target]
+                      if s.state.state in SERVING_STATES)
+        queue = self.broker.status()
+        return (f"{serving}/{self.pool.target} workers ready, {queue['pending']} jobs queued, "
+                f"{queue['running']} running")
+
+    def _tell_service(self, now: float) -> None:
+        """READY=1 once every worker is, STATUS= and metrics each second, WATCHDOG=1 while
+        healthy: the loop runs (this is called from it) and not every slot is FATAL."""
+        if not self._ready_sent and self.state == "running" and all(
+                s.state.state in SERVING_STATES for s in self.pool.slots):
+            self._ready_sent = True
+            log.info("all %d workers READY", len(self.pool.slots))
+            self.notifier.ready(self.status_line())
+        if now >= self._next_service:
+            self._next_service = now + SERVICE_EVERY
+            if self._ready_sent and not self.reloader.busy and self.state == "running":
+                self.notifier.status(self.status_line())
+            if self.metrics is not None:
+                self.metrics.set_workers(Counter(s.state.state.name for s in self.pool.slots))
+                queue = self.broker.status()
+                self.metrics.set_jobs(queue, queue_depth=queue["pending"])
+        if not all(s.state.state == WorkerState.FATAL for s in self.pool.slots):
+            self.notifier.watchdog(now)
 
     # -- shutdown ------------------------------------------------------------------------
 
     def _cleanup(self) -> None:
+        self.reloader.close()
+        if self.metrics is not None:
+            self.metrics.stop()
+        self.notifier.close()
         pool = getattr(self, "pool", None)
         if pool is not None and not pool.all_exited():
             pool.kill_all()

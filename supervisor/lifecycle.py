@@ -5,6 +5,7 @@ actions that `step` returns (spawn a process, send a signal). Every edge is labe
 
     EXITED/FATAL --START--> STARTING --LOADING--> LOADING --READY--> READY <-> BUSY
     any live state --STOP--> STOPPING --EXIT--> EXITED (stopped)
+    READY/BUSY --RETIRE or REPLACE--> STOPPING --EXIT--> STARTING (a new process, no backoff)
     any live state --EXIT--> BACKOFF --TICK at restart_at--> STARTING
                          \\--> FATAL when the slot died flap_limit times within flap_window
 """
@@ -44,6 +45,7 @@ class Event(Enum):
     EXIT = "exit"            # the process was reaped; detail says how it ended
     KILL = "kill"            # kill it now (a job passed its time limit); detail says why
     RETIRE = "retire"        # the worker is leaving to be replaced (recycling); detail: why
+    REPLACE = "replace"      # the daemon replaces the worker (reload); detail: why
     TICK = "tick"            # time passed; deadlines are checked
 
 
@@ -197,6 +199,10 @@ def step(slot: Slot, event: Event, now: float, policy: Policy,
     if event is Event.RETIRE and state in SERVING_STATES:
         # READY/BUSY -> STOPPING: the worker finishes what it runs and exits by itself.
         return Transition(_enter(slot, WorkerState.STOPPING, now, retiring=detail or "retired"))
+    if event is Event.REPLACE and state in SERVING_STATES:
+        # READY/BUSY -> STOPPING: SIGTERM lets it finish the job it runs; then a new one.
+        return Transition(_enter(slot, WorkerState.STOPPING, now, retiring=detail or "replaced"),
+                          (Kill(signal.SIGTERM),))
     if event is Event.STOP:
         if state == WorkerState.STOPPING and slot.retiring:
             # Retiring, and now the whole slot stops: no replacement.

@@ -16,14 +16,12 @@ from typing import Any, Protocol
 from supervisor import lifecycle, wire
 from supervisor.lifecycle import Event, Kill, Policy, Slot, Spawn, WorkerState
 from supervisor.settings import Config
+from supervisor.spare import RETRY, Spare
 from supervisor.spawner import NO_RESOURCES, Spawner, WorkerProcess, describe_exit
 from workers.main import WorkerSpec
 
 log = logging.getLogger(__name__)
 SendFn = Callable[[bytes, wire.Message], None]
-STANDBY = -1             # the slot number a standby worker is spawned with
-STANDBY_RETRY = 1.0      # seconds before a standby that died is replaced; doubles
-STANDBY_RETRY_MAX = 60.0
 
 
 class PoolListener(Protocol):
@@ -71,16 +69,21 @@ class WorkerPool:
         self.daemon_pid = daemon_pid
         self.spawner = spawner
         self.send = send
-        self.slots = [WorkerSlot(i) for i in range(config.workers.count)]
+        self.target = config.workers.count
+        self.slots = [WorkerSlot(i) for i in range(self.target)]
         self._by_routing_id: dict[bytes, WorkerSlot] = {}
         self.foreign_messages = 0
         self._next_beat = 0.0
-        # The standby worker: spawned ahead once every slot was READY, loaded, waiting.
-        self.standby: WorkerProcess | None = None
-        self.standby_ready = False
-        self._standby_due: float | None = None  # when to spawn one; None: not yet
-        self._standby_delay = STANDBY_RETRY
+        self.spare = Spare(spawner, self._spec, config.workers.load_timeout)
         self._stopping = False
+        # Reload: every process carries the generation it was spawned with; slots running
+        # an older one are replaced one at a time. The first process of a new generation
+        # to load is the canary: if one dies before any loads, the reload failed.
+        self.generation = 0
+        self._generations = 0  # the last generation handed out
+        self.canary_pending = False
+        self.canary_failure: str | None = None
+        self.on_restart: Callable[[str], None] | None = None  # metrics: why a slot restarted
 
     # -- driving the state machine -------------------------------------------------------
 
@@ -95,6 +98,9 @@ class WorkerPool:
             log.debug("slot %d: %s -> %s", slot.index, before.name, slot.state.state.name)
         for action in result.actions:
             if isinstance(action, Spawn):
+                if self.on_restart is not None and \
+                        before not in (WorkerState.EXITED, WorkerState.FATAL):
+                    self.on_restart(restart_reason(slot.state.last_exit))
                 self._spawn(slot, now)
             elif isinstance(action, Kill) and slot.proc is not None:
                 slot.proc.signal(action.signum)
@@ -108,75 +114,45 @@ class WorkerPool:
                           max_jobs=w.max_jobs_per_worker, max_memory_mb=w.max_memory_mb)
 
     def _spawn(self, slot: WorkerSlot, now: float) -> None:
-        if self.standby is not None and self.standby_ready:
-            self._take_standby(slot, now)
-            return
-        try:
-            slot.proc = self.spawner.spawn(self._spec(slot.index))
-        except OSError as exc:
-            log.error("slot %d: spawn failed: %s", slot.index, exc)
-            slot.proc = None
-            self.apply(slot, Event.EXIT, now, f"spawn failed: {exc}")
-            return
-        slot.tasks = {}
-        assert slot.routing_id is not None
-        self._by_routing_id[slot.routing_id] = slot
-        self._by_routing_id[slot.routing_id + b":hb"] = slot  # its heartbeat thread
-        log.info("slot %d: spawned worker pid %d", slot.index, slot.proc.pid)
-
-    def _take_standby(self, slot: WorkerSlot, now: float) -> None:
-        proc, self.standby = self.standby, None
-        assert proc is not None
-        proc.slot = slot.index
+        proc = self.spare.take(self.generation)
+        if proc is not None:
+            proc.slot = slot.index
+            self.send(proc.routing_id, wire.Assign(slot=slot.index))
+            self.spare.due = now  # and load the next one
+            log.info("slot %d: spare worker pid %d takes over", slot.index, proc.pid)
+        else:
+            try:
+                proc = self.spawner.spawn(self._spec(slot.index))
+            except OSError as exc:
+                log.error("slot %d: spawn failed: %s", slot.index, exc)
+                slot.proc = None
+                self.apply(slot, Event.EXIT, now, f"spawn failed: {exc}")
+                return
+            proc.generation = self.generation
+            log.info("slot %d: spawned worker pid %d", slot.index, proc.pid)
         slot.proc, slot.tasks = proc, {}
         self._by_routing_id[proc.routing_id] = slot
-        self._by_routing_id[proc.routing_id + b":hb"] = slot
-        self.send(proc.routing_id, wire.Assign(slot=slot.index))
-        self._standby_due = now  # and load the next one
-        log.info("slot %d: standby worker pid %d takes over", slot.index, proc.pid)
+        self._by_routing_id[proc.routing_id + b":hb"] = slot  # its heartbeat thread
 
-    def _tend_standby(self, now: float) -> None:
-        if not self.config.workers.standby or self._stopping or self.standby is not None:
+    def _tend_spare(self, now: float) -> None:
+        if self._stopping:
             return
-        if self._standby_due is None:
-            if all(s.state.state in lifecycle.SERVING_STATES for s in self.slots):
-                self._standby_due = now  # not before: it would slow the start down
-            return
-        if now < self._standby_due:
-            return
-        try:
-            self.standby = self.spawner.spawn(self._spec(STANDBY))
-            self.standby_ready = False
-            log.info("standby worker pid %d spawned", self.standby.pid)
-        except OSError as exc:
-            log.error("standby: spawn failed: %s", exc)
-            self._standby_due = now + self._standby_delay
+        if self.spare.due is None and self.config.workers.standby and \
+                all(s.state.state in lifecycle.SERVING_STATES for s in self.slots):
+            self.spare.due = now  # not before: it would slow the start down
+        if self.config.workers.standby or self._outdated():
+            self.spare.tend(now, self.generation)
+        elif self.spare.proc is not None and self.spare.ready:
+            self.spare.discard()  # the surge worker of a reload that needs it no more
 
     def on_standby_message(self, routing_id: bytes, message: wire.Message) -> bool:
-        """True if the message came from the standby worker (and was taken care of)."""
-        proc = self.standby
-        if proc is None or routing_id not in (proc.routing_id, proc.routing_id + b":hb"):
+        """True if the message came from the spare worker (and was taken care of)."""
+        if not self.spare.on_message(routing_id, message):
             return False
-        if isinstance(message, wire.Ready):
-            self.standby_ready = True
-            self._standby_delay = STANDBY_RETRY
-            log.info("standby worker pid %d loaded and waiting", proc.pid)
+        proc = self.spare.proc
+        if self.spare.ready and proc is not None and proc.generation == self.generation:
+            self.canary_pending = False
         return True
-
-    def _reap_standby(self, now: float) -> None:
-        proc = self.standby
-        if proc is None or (code := proc.poll_exit()) is None:
-            return
-        self.read_stderr(proc, now)
-        proc.close_stderr()
-        proc.process.close()
-        self.standby = None
-        if not self._stopping:
-            # Something kills it (a broken task module, say): retry, less and less often.
-            self._standby_due = now + self._standby_delay
-            self._standby_delay = min(STANDBY_RETRY_MAX, self._standby_delay * 2)
-            log.warning("standby worker pid %d %s; another in %.0f s", proc.pid,
-                        describe_exit(code), self._standby_due - now)
 
     def start_all(self, now: float) -> None:
         for slot in self.slots:
@@ -186,10 +162,96 @@ class WorkerPool:
         if timeout is not None:
             self.policy = lifecycle.Policy(**{**self.policy.__dict__, "stop_timeout": timeout})
         self._stopping = True
-        if self.standby is not None:
-            self.standby.signal(signal.SIGTERM)
+        self.spare.discard()
         for slot in self.slots:
             self.apply(slot, Event.STOP, now)
+
+    # -- scaling and reloading -----------------------------------------------------------
+
+    def resize(self, count: int, now: float) -> None:
+        """Run `count` workers: new slots start at once; slots past the count stop (their
+        workers finish the job they run; jobs they hold go back to the queue)."""
+        self.target = count
+        while len(self.slots) < count:
+            self.slots.append(WorkerSlot(len(self.slots)))
+        for slot in self.slots[count:]:
+            self.apply(slot, Event.STOP, now)
+        self._reconcile(now)
+
+    def _reconcile(self, now: float) -> None:
+        if self._stopping:
+            return
+        for slot in self.slots[:self.target]:
+            if slot.state.state == WorkerState.EXITED:  # new, or stopped by a smaller count
+                self.apply(slot, Event.START, now)
+        while len(self.slots) > self.target and self.slots[-1].proc is None and \
+                self.slots[-1].state.state not in lifecycle.LIVE_STATES:
+            self.slots.pop()
+
+    def reconfigure(self, config: Config, models: dict[str, Any], now: float,
+                    roll: bool = True, count: int | None = None) -> None:
+        """Spawn from now on with `config` and run `count` workers (default: its count).
+        With `roll`, replace every running worker, one at a time, each by a loaded spare
+        of the new configuration; the first to load or die says if the reload worked."""
+        self._set_config(config, models)
+        if roll:
+            self._generations += 1
+            self.generation = self._generations
+            self.canary_pending, self.canary_failure = True, None
+            self.spare.discard()  # of the old configuration
+            self.spare.due, self.spare.delay = now, RETRY
+        for slot in self.slots:
+            if slot.state.state == WorkerState.FATAL:  # perhaps what the reload fixes
+                self.apply(slot, Event.START, now)
+        self.resize(config.workers.count if count is None else count, now)
+
+    def revert(self, config: Config, models: dict[str, Any], generation: int, count: int,
+               now: float) -> None:
+        """A reload failed: back to `config`, whose workers (of `generation`) stay; those
+        started with the failed configuration are replaced."""
+        self._set_config(config, models)
+        self.generation = generation
+        self.canary_pending, self.canary_failure = False, None
+        self.spare.discard()
+        self.spare.due, self.spare.delay = now, RETRY
+        self.resize(count, now)
+
+    def _set_config(self, config: Config, models: dict[str, Any]) -> None:
+        self.config, self.models = config, models
+        self.policy = policy_from(config)
+        self.spare.load_timeout = config.workers.load_timeout
+
+    def settled(self) -> bool:
+        """Every slot runs the current configuration and is serving (or FATAL)."""
+        done = lifecycle.SERVING_STATES | {WorkerState.FATAL}
+        return len(self.slots) == self.target and not self._outdated() and \
+            all(s.state.state in done for s in self.slots)
+
+    def _outdated(self) -> list[WorkerSlot]:
+        """Slots whose worker runs another configuration (including one being replaced)."""
+        return [s for s in self.slots[:self.target]
+                if s.proc is not None and s.proc.generation != self.generation]
+
+    def rolling(self) -> int:
+        """Workers of an older configuration still to be replaced."""
+        return len(self._outdated())
+
+    def _roll(self, now: float) -> None:
+        """Replace the next old worker once a spare of the new configuration is loaded."""
+        outdated = self._outdated()
+        if not outdated or self.spare.proc is None or not self.spare.ready or \
+                self.spare.proc.generation != self.generation or \
+                any(s.state.state == WorkerState.STOPPING for s in outdated):
+            return
+        for slot in outdated:
+            if slot.state.state in lifecycle.SERVING_STATES:
+                self.apply(slot, Event.REPLACE, now, "reload")
+                return
+
+    def _canary_died(self, proc: WorkerProcess, detail: str) -> None:
+        if self.canary_pending and proc.generation == self.generation:
+            self.canary_pending = False
+            self.canary_failure = detail
 
     # -- facts from the outside world ----------------------------------------------------
 
@@ -208,6 +270,8 @@ class WorkerPool:
             self.apply(slot, Event.READY, now)
             assert slot.proc is not None
             log.info("slot %d: worker pid %d READY", slot.index, slot.proc.pid)
+            if slot.proc.generation == self.generation:
+                self.canary_pending = False
             self.listener.worker_ready(slot.tasks)
         elif isinstance(message, wire.Heartbeat):
             self.apply(slot, Event.HEARTBEAT, now)
@@ -217,7 +281,9 @@ class WorkerPool:
             self.foreign_messages += 1
 
     def reap(self, now: float) -> None:
-        self._reap_standby(now)
+        died = self.spare.reap(now, lambda p: self.read_stderr(p, now), retry=not self._stopping)
+        if died is not None:
+            self._canary_died(died[0], f"a worker of the new configuration {died[1]}")
         for slot in self.slots:
             proc = slot.proc
             if proc is None:
@@ -228,9 +294,8 @@ class WorkerPool:
             self.read_stderr(proc, now)  # what it wrote last comes before its death notice
             proc.close_stderr()
             proc.process.close()
-            if slot.routing_id is not None:
-                self._by_routing_id.pop(slot.routing_id, None)
-                self._by_routing_id.pop(slot.routing_id + b":hb", None)
+            self._by_routing_id.pop(proc.routing_id, None)
+            self._by_routing_id.pop(proc.routing_id + b":hb", None)
             detail = describe_exit(code)
             log.info("slot %d: worker pid %d %s", slot.index, proc.pid, detail)
             slot.last_tail = list(proc.tail)
@@ -238,21 +303,27 @@ class WorkerPool:
             # A worker we asked to stop lost nothing by its own fault.
             stopping = slot.state.state == WorkerState.STOPPING
             reason = slot.state.reason
+            if not stopping:
+                self._canary_died(proc, f"a worker of the new configuration {detail}"
+                                  + (f": {proc.tail[-1]}" if proc.tail else ""))
             self.apply(slot, Event.EXIT, now, detail)
             self.listener.worker_lost(slot.index, f"{detail} ({reason})" if reason else detail,
                                       count_attempt=not stopping)
+        self._reconcile(now)
 
     def tick(self, now: float) -> None:
         for slot in self.slots:
             self.apply(slot, Event.TICK, now)
-        self._tend_standby(now)
+        self._reconcile(now)
+        self._tend_spare(now)
+        self._roll(now)
         if now >= self._next_beat:
             self._next_beat = now + self.config.workers.heartbeat_interval
             for slot in self.slots:
                 if slot.state.state in lifecycle.SERVING_STATES and slot.routing_id:
                     self.send(slot.routing_id, wire.Heartbeat())
-            if self.standby is not None and self.standby_ready:
-                self.send(self.standby.routing_id, wire.Heartbeat())
+            if self.spare.proc is not None and self.spare.ready:
+                self.send(self.spare.proc.routing_id, wire.Heartbeat())
 
     # -- what the loop needs to know -----------------------------------------------------
 
@@ -264,8 +335,9 @@ class WorkerPool:
     def next_deadline(self) -> float:
         deadlines = [d for s in self.slots
                      if (d := lifecycle.next_deadline(s.state, self.policy)) is not None]
-        if self.standby is None and self._standby_due is not None:
-            deadlines.append(self._standby_due)
+        spare = self.spare.next_deadline()
+        if spare is not None and (self.config.workers.standby or self._outdated()):
+            deadlines.append(spare)
         return min([self._next_beat, *deadlines])
 
     def read_stderr(self, proc: WorkerProcess, now: float) -> None:
@@ -275,14 +347,13 @@ class WorkerPool:
             self.listener.jobs_started(proc.slot, job_ids, now)
 
     def _processes(self) -> list[WorkerProcess]:
-        procs = [s.proc for s in self.slots if s.proc is not None]
-        return procs + [self.standby] if self.standby is not None else procs
+        return [s.proc for s in self.slots if s.proc is not None] + self.spare.processes()
 
     def stderr_fds(self) -> dict[int, WorkerProcess]:
         return {p.stderr_fd: p for p in self._processes() if p.stderr_fd is not None}
 
     def all_exited(self) -> bool:
-        return self.standby is None and all(
+        return not self.spare.processes() and all(
             s.proc is None and s.state.state not in lifecycle.LIVE_STATES for s in self.slots)
 
     def kill_all(self) -> None:
@@ -292,9 +363,7 @@ class WorkerPool:
             proc.process.join(5)
 
     def standby_status(self) -> dict[str, Any] | None:
-        if self.standby is None:
-            return None
-        return {"pid": self.standby.pid, "ready": self.standby_ready}
+        return self.spare.status()
 
     def status(self, now: float) -> list[dict[str, Any]]:
         rows = []
@@ -311,7 +380,21 @@ class WorkerPool:
                 "reason": s.reason,
                 "tasks": slot.tasks,
                 "stderr_tail": [] if alive else slot.last_tail,
+                "generation": slot.proc.generation if slot.proc else None,
+                "removing": slot.index >= self.target,
             }
             row.update(slot.proc.resources() if slot.proc else NO_RESOURCES)
             rows.append(row)
         return rows
+
+
+def restart_reason(last_exit: str | None) -> str:
+    """Why a slot was restarted, as one of a few labels (metrics count by it)."""
+    text = last_exit or ""
+    for needle, label in (("recycled: reload", "reload"), ("recycled", "recycled"),
+                          ("no heartbeat", "hung"), ("not ready within", "load_timeout"),
+                          ("time limit", "job_timeout"), ("killed by", "crashed"),
+                          ("exit code", "crashed")):
+        if needle in text:
+            return label
+    return "other"

@@ -8,6 +8,7 @@ from the dataclasses below, so a setting is added by adding one field here.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -129,6 +130,30 @@ class QueueSettings:
     )
 
 
+def _listen_address(value: str) -> str | None:
+    if value == "localhost":
+        return None
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return f"must be an IPv4 or IPv6 address or localhost, got {value!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    port: int = _setting(
+        0, "TCP port of the Prometheus /metrics endpoint (0: off).",
+        lambda v: None if 0 <= v <= 65535 else f"must be 0 (off) or 1-65535, got {v}",
+    )
+    address: str = _setting(
+        "127.0.0.1", "Address the /metrics endpoint listens on: an IP address or localhost. "
+        "Any but a loopback address exposes the metrics (task names, job and worker counts) "
+        "to the network, unauthenticated: that is the operator's explicit choice.",
+        _listen_address,
+    )
+
+
 MODEL_KINDS = ("sentence-embedding",)
 
 
@@ -155,7 +180,10 @@ SECTIONS: Mapping[str, type] = MappingProxyType({
     "workers": WorkersSettings,
     "restart": RestartSettings,
     "queue": QueueSettings,
+    "metrics": MetricsSettings,
 })
+
+MAX_WORKERS = 256  # the most workers `docbrainctl scale` accepts
 
 # Variables that must never be set: it hides the fork-after-ObjC-init crash instead of
 # avoiding it (we never fork a process that has imported torch).
@@ -168,6 +196,7 @@ class Config:
     workers: WorkersSettings = field(default_factory=WorkersSettings)
     restart: RestartSettings = field(default_factory=RestartSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     # [models.NAME]; without a [models] table, the built-in default model.
     models: Mapping[str, ModelSettings] = field(default_factory=lambda: DEFAULT_MODELS)
     # [env]: overrides of the environment guards (and any extra variable), name -> value.

@@ -47,6 +47,7 @@ class WorkerProcess:
         self.pid: int = process.pid
         # Fixed at spawn (a standby keeps its "-1:pid" when it takes a slot over).
         self.routing_id = f"{slot}:{self.pid}".encode()
+        self.generation = 0  # the pool's configuration generation it was spawned with
         self.stderr_fd: int | None = stderr_fd
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self._partial = b""

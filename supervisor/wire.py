@@ -108,11 +108,12 @@ class Job:
 class Result:
     """Results of jobs a worker ran: one data frame (the result, JSON) per job."""
     command: ClassVar[Command] = Command.RESULT
-    parallel: ClassVar[tuple[str, ...]] = ("ids", "oks", "errors")
+    parallel: ClassVar[tuple[str, ...]] = ("ids", "oks", "errors", "seconds")
     ids: list[str]
     oks: list[bool]
     # {"type", "message", "traceback"} where not ok
     errors: list[dict[str, Any] | None]
+    seconds: list[float]  # how long each ran (a batch: the whole batch's time)
     data: list[bytes] = field(default_factory=list)
 
 

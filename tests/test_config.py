@@ -17,6 +17,7 @@ from supervisor.config import ConfigError, load_config, render_example
 from supervisor.settings import (
     FORBIDDEN_ENV,
     Config,
+    MetricsSettings,
     RestartSettings,
     SupervisorSettings,
     WorkersSettings,
@@ -170,9 +171,30 @@ def test_state_dir_is_expanded_and_absolute(env: dict[str, str], tmp_path: Path,
 def test_to_dict_lists_every_section(env: dict[str, str]) -> None:
     data = load_config(environ={**env, "DOCBRAIN_WORKERS_TASKS": "a,b",
                                 "DOCBRAIN_ENV_X": "1"}).to_dict()
-    assert set(data) == {"supervisor", "workers", "restart", "queue", "models", "env"}
+    assert set(data) == {"supervisor", "workers", "restart", "queue", "metrics", "models",
+                         "env"}
+    assert data["metrics"] == {"port": 0, "address": "127.0.0.1"}
     assert data["workers"]["tasks"] == ["a", "b"]
     assert data["env"] == {"X": "1"}
+
+
+def test_metrics_off_by_default_and_on_loopback(env: dict[str, str]) -> None:
+    assert load_config(environ=env).metrics == MetricsSettings(port=0, address="127.0.0.1")
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "0.0.0.0", "::1", "::", "localhost",
+                                     "10.1.2.3", "fe80::1"])
+def test_metrics_from_file(env: dict[str, str], tmp_path: Path, address: str) -> None:
+    path = write(tmp_path, f'[metrics]\nport = 9200\naddress = "{address}"\n')
+    assert load_config(path, environ=env).metrics == MetricsSettings(9200, address)
+
+
+def test_metrics_from_env_over_file(env: dict[str, str], tmp_path: Path) -> None:
+    path = write(tmp_path, "[metrics]\nport = 9200\n")
+    config = load_config(path, environ={**env, "DOCBRAIN_METRICS_PORT": "9300",
+                                        "DOCBRAIN_METRICS_ADDRESS": "::1"})
+    assert config.metrics == MetricsSettings(port=9300, address="::1")
+    assert load_config(path, environ={**env, "DOCBRAIN_METRICS_PORT": "0"}).metrics.port == 0
 
 
 # -- errors --------------------------------------------------------------------------------
@@ -200,6 +222,20 @@ FILE_ERRORS: list[tuple[str, str, str]] = [
     ("forbidden-env", f'[env]\n{FORK_SAFETY} = "YES"\n', f"env.{FORK_SAFETY}: "),
     ("env-bool", "[env]\nX = true\n", "env.X: expected a string, got a boolean"),
     ("env-table", "[env.X]\nY = 1\n", "env.X: expected a string, got a table"),
+    ("metrics-port-high", "[metrics]\nport = 65536\n",
+     "metrics.port: must be 0 (off) or 1-65535, got 65536"),
+    ("metrics-port-negative", "[metrics]\nport = -1\n",
+     "metrics.port: must be 0 (off) or 1-65535, got -1"),
+    ("metrics-port-string", '[metrics]\nport = "9200"\n',
+     "metrics.port: expected an integer, got a string"),
+    ("metrics-address-name", '[metrics]\naddress = "example.com"\n',
+     "metrics.address: must be an IPv4 or IPv6 address or localhost, got 'example.com'"),
+    ("metrics-address-with-port", '[metrics]\naddress = "127.0.0.1:9200"\n',
+     "metrics.address: must be an IPv4 or IPv6 address or localhost"),
+    ("metrics-address-empty", '[metrics]\naddress = ""\n',
+     "metrics.address: must be an IPv4 or IPv6 address or localhost, got ''"),
+    ("metrics-address-bad-ip", '[metrics]\naddress = "256.1.1.1"\n',
+     "metrics.address: must be an IPv4 or IPv6 address or localhost"),
 ]
 
 
@@ -241,6 +277,9 @@ ENV_ERRORS: list[tuple[str, str, str]] = [
     (f"DOCBRAIN_ENV_{FORK_SAFETY}", "YES", f"DOCBRAIN_ENV_{FORK_SAFETY}: {FORK_SAFETY} must "
                                            "not be set"),
     ("DOCBRAIN_ENV_1BAD", "x", "DOCBRAIN_ENV_1BAD: '1BAD' is not a valid environment"),
+    ("DOCBRAIN_METRICS_PORT", "http", "DOCBRAIN_METRICS_PORT: expected an integer, got 'http'"),
+    ("DOCBRAIN_METRICS_PORT", "99999", "metrics.port: must be 0 (off) or 1-65535, got 99999"),
+    ("DOCBRAIN_METRICS_ADDRESS", "[::1]", "metrics.address: must be an IPv4 or IPv6 address"),
 ]
 
 

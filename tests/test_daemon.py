@@ -286,13 +286,21 @@ def test_restart_replaces_daemon_and_workers(instance: Instance) -> None:
     assert pid_gone(old["workers"][0]["pid"])
 
 
-def test_unsupported_signals_do_not_kill_and_usr1_reopens_the_log(instance: Instance) -> None:
+def test_hup_ttin_ttou_are_handled_and_usr1_reopens_the_log(instance: Instance) -> None:
     daemon = instance.start_foreground()
-    instance.wait_ready(2)
-    for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
-        os.kill(daemon.pid, signum)
-    wait_for(lambda: instance.log_text.count("not supported by this version") == 3, 30,
-             "three ignored signals logged")
+    pids = [w["pid"] for w in instance.wait_ready(2)["workers"]]
+    os.kill(daemon.pid, signal.SIGHUP)
+    status = instance.wait_status(lambda s: s["supervisor"]["reload"]["state"] == "done",
+                                  30, "the reload done")
+    assert [w["pid"] for w in status["workers"]] == pids  # nothing changed: no roll
+    assert "reload (SIGHUP), generation 1: no changes" in instance.log_text
+    os.kill(daemon.pid, signal.SIGTTIN)
+    instance.wait_ready(3)
+    os.kill(daemon.pid, signal.SIGTTOU)
+    status = instance.wait_status(lambda s: len(s["workers"]) == 2, 30, "2 workers again")
+    assert [w["pid"] for w in status["workers"]] == pids
+    text = instance.log_text
+    assert "SIGTTIN: 2 -> 3 workers" in text and "SIGTTOU: 3 -> 2 workers" in text
     log = instance.state_dir / "logs" / "docbrain.log"
     log.rename(log.with_suffix(".log.1"))
     os.kill(daemon.pid, signal.SIGUSR1)

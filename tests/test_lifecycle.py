@@ -429,3 +429,27 @@ def test_stop_while_retiring_means_no_replacement() -> None:
 def test_retire_only_from_serving_states(state: WorkerState) -> None:
     slot = Slot(state=state)
     assert step(slot, Event.RETIRE, 1.0, Policy(), "why").slot == slot
+
+
+@pytest.mark.parametrize("state", [WorkerState.READY, WorkerState.BUSY])
+def test_replace_stops_a_serving_worker_and_starts_another_without_backoff(
+        state: WorkerState) -> None:
+    policy = Policy()
+    slot = Slot(state=state, since=1.0, spawned_at=1.0, ready_at=1.0, heard=1.0,
+                deaths=(0.5,), backoff_level=2)
+    replacing = step(slot, Event.REPLACE, 5.0, policy, "reload")
+    assert replacing.slot.state == WorkerState.STOPPING
+    assert replacing.actions == (Kill(signal.SIGTERM),)
+    assert replacing.slot.retiring == "reload"
+    new = step(replacing.slot, Event.EXIT, 6.0, policy, "exit code 0")
+    assert new.slot.state == WorkerState.STARTING and new.actions == (Spawn(),)
+    assert new.slot.last_exit == "recycled: reload"
+    assert new.slot.deaths == (0.5,)  # not a death
+
+
+@pytest.mark.parametrize("state", [WorkerState.STARTING, WorkerState.LOADING,
+                                   WorkerState.STOPPING, WorkerState.EXITED,
+                                   WorkerState.BACKOFF, WorkerState.FATAL])
+def test_replace_only_from_serving_states(state: WorkerState) -> None:
+    slot = Slot(state=state)
+    assert step(slot, Event.REPLACE, 1.0, Policy(), "reload") == Transition(slot)

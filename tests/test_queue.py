@@ -431,9 +431,9 @@ def test_malformed_input_at_every_socket_is_dropped_and_counted(
         lookalike = dealer("workers", b"0:1")
         crafted = [
             wire.encode(wire.Result(ids=["no-such-job"], oks=[True], errors=[None],
-                                    data=[b"1"])),
+                                    seconds=[0.1], data=[b"1"])),
             wire.encode(wire.Result(ids=["no-such-job"], oks=[False], errors=[{"type": "X"}],
-                                    data=[b"null"])),
+                                    seconds=[0.1], data=[b"null"])),
             wire.encode(wire.Ready(tasks={"echo": {"timeout": -1, "retryable": "yes"}})),
             wire.encode(wire.Heartbeat()),
             wire.encode(wire.Loading(slot=0, pid=1)),

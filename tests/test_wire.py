@@ -38,7 +38,7 @@ from supervisor.wire import (
 # The messages about jobs: one data frame per job, and these lists have one item per frame.
 PARALLEL: dict[type, tuple[str, ...]] = {
     Job: ("ids", "tasks"),
-    Result: ("ids", "oks", "errors"),
+    Result: ("ids", "oks", "errors", "seconds"),
     Submit: ("ids",),
     JobResult: ("ids", "states", "errors"),
 }
@@ -57,10 +57,12 @@ MESSAGES: list[wire.Message] = [
     Job(ids=["j-1", "j-2", "j-3"], tasks=["ocr.run", "embed.batch", "ocr.run"],
         data=[b'{"a": 1}', b"", b"null"]),
     Job(ids=[""], tasks=[""], data=[b""]),
-    Result(ids=[], oks=[], errors=[]),
-    Result(ids=["j-1"], oks=[True], errors=[None], data=[b'{"text": "\xc3\xa9t\xc3\xa9"}']),
+    Result(ids=[], oks=[], errors=[], seconds=[]),
+    Result(ids=["j-1"], oks=[True], errors=[None], seconds=[0.25],
+           data=[b'{"text": "\xc3\xa9t\xc3\xa9"}']),
     Result(ids=["j-1", "j-2", "j-3"], oks=[True, False, True],
-           errors=[None, TRACEBACK, None], data=[b"[1]", b"null", b'"x"']),
+           errors=[None, TRACEBACK, None], seconds=[0, 1.5, 1e-6],
+           data=[b"[1]", b"null", b'"x"']),
     Retiring(reason="500 jobs done (max_jobs_per_worker 500)"),
     Retiring(reason=""),
     Assign(slot=1),
@@ -92,7 +94,7 @@ CLASSES: dict[int, type] = {type(m).command: type(m) for m in MESSAGES}
 
 # A valid item for each parallel list, to build bodies of any length.
 ITEM: dict[str, Any] = {"ids": "i", "tasks": "t", "oks": True, "errors": None,
-                        "states": "done"}
+                        "states": "done", "seconds": 0.5}
 EXTRA: dict[type, dict[str, Any]] = {Submit: {"task": "t"}}
 
 
@@ -149,7 +151,8 @@ def test_parallel_is_set_on_exactly_the_list_messages() -> None:
             assert name in names, (cls, name)
 
 
-@pytest.mark.parametrize("message", [Job(ids=[], tasks=[]), Result(ids=[], oks=[], errors=[]),
+@pytest.mark.parametrize("message", [Job(ids=[], tasks=[]),
+                                     Result(ids=[], oks=[], errors=[], seconds=[]),
                                      Submit(ids=[], task="t"),
                                      JobResult(ids=[], states=[], errors=[])], ids=repr)
 def test_data_defaults_to_no_frames(message: Any) -> None:
@@ -165,8 +168,9 @@ def test_data_defaults_to_no_frames(message: Any) -> None:
 def test_data_frame_travels_verbatim(data: bytes) -> None:
     """Data frames are not parsed: whatever bytes they are come back unchanged."""
     header = bytes((VERSION, Command.RESULT))
-    message = decode([header, b'{"ids":["r"],"oks":[true],"errors":[null]}', data])
-    assert message == Result(ids=["r"], oks=[True], errors=[None], data=[data])
+    message = decode([header, b'{"ids":["r"],"oks":[true],"errors":[null],"seconds":[0.5]}',
+                      data])
+    assert message == Result(ids=["r"], oks=[True], errors=[None], seconds=[0.5], data=[data])
     assert encode(message)[2:] == [data]
 
 
@@ -528,9 +532,10 @@ MISSING: list[tuple[Command, dict[str, Any], str]] = [
     (Command.RETIRING, {}, "reason"),
     (Command.JOB, {"ids": []}, "tasks"),
     (Command.JOB, {}, "ids, tasks"),
-    (Command.RESULT, {"ids": [], "oks": []}, "errors"),
-    (Command.RESULT, {"errors": []}, "ids, oks"),
-    (Command.RESULT, {}, "errors, ids, oks"),
+    (Command.RESULT, {"ids": [], "oks": [], "seconds": []}, "errors"),
+    (Command.RESULT, {"ids": [], "oks": [], "errors": []}, "seconds"),
+    (Command.RESULT, {"errors": [], "seconds": []}, "ids, oks"),
+    (Command.RESULT, {}, "errors, ids, oks, seconds"),
     (Command.SUBMIT, {"task": "t", "wait": True}, "ids"),
     (Command.SUBMIT, {"ids": []}, "task"),
     (Command.ACCEPTED, {}, "ids"),
@@ -609,7 +614,7 @@ NESTED = b"[" * 100_000 + b"]" * 100_000
 @pytest.mark.parametrize(("command", "body", "jobs"), [
     (Command.REQUEST, b'{"name":"x","args":{"a":' + NESTED + b"}}", 0),
     (Command.SUBMIT, b'{"ids":["x"],"task":"t","wait":' + NESTED + b"}", 1),
-    (Command.RESULT, b'{"ids":["x"],"oks":[true],"errors":[{"a":' + NESTED + b"}]}", 1),
+    (Command.RESULT, b'{"ids":["x"],"oks":[true],"seconds":[1],"errors":[{"a":' + NESTED + b"}]}", 1),
     (Command.ACCEPTED, b'{"ids":' + NESTED + b"}", 0),
 ], ids=["Request", "Submit", "Result", "Accepted"])
 def test_deeply_nested_body_is_a_protocol_error(command: Command, body: bytes,
@@ -699,13 +704,14 @@ def test_max_data_zero_allows_only_empty_data_frames() -> None:
 def test_default_max_data() -> None:
     assert MAX_DATA == 64 << 20
     big = b"r" * MAX_DATA
-    at = Result(ids=["1", "2"], oks=[True, True], errors=[None, None], data=[b"null", big])
+    at = Result(ids=["1", "2"], oks=[True, True], errors=[None, None], seconds=[0.0, 0.0],
+                data=[b"null", big])
     assert decode(encode(at)).data == at.data  # type: ignore[union-attr]
     over = dataclasses.replace(at, data=[b"null", big + b"r"])
     expected = f"Result data is {MAX_DATA + 1} bytes (limit {MAX_DATA})"
     assert encode_error(over) == expected
     assert protocol_error([bytes((VERSION, Command.RESULT)),
-                           b'{"ids":["1","2"],"oks":[true,true],"errors":[null,null]}',
+                           b'{"ids":["1","2"],"oks":[true,true],"errors":[null,null],"seconds":[0,0]}',
                            *over.data]) == expected
     # a socket owner may raise its own limit above the default
     assert decode(encode(over, max_data=MAX_DATA + 1), max_data=MAX_DATA + 1) == over

@@ -40,7 +40,7 @@ FLUSH_AFTER = 0.005  # seconds
 FLUSH_SLOW = 0.001   # seconds
 MAX_ERROR_TEXT = 32_768  # characters of a failure's message and traceback kept
 # (job id, ok, error, result JSON)
-Outcome = tuple[str, bool, "dict[str, Any] | None", bytes]
+Outcome = tuple[str, bool, "dict[str, Any] | None", bytes, float]  # ..., seconds it ran
 
 
 @dataclass(frozen=True)
@@ -120,9 +120,11 @@ class Worker:
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         # Handlers only make the signal visible on the wake-up fd; the loop acts.
         signal.signal(signal.SIGTERM, lambda *_: None)
-        # Ctrl-C and a closed terminal reach the whole process group: the daemon decides.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # Ctrl-C and a closed terminal reach the whole process group, and `kill` or
+        # `systemctl kill` without --kill-who=main the whole cgroup: the daemon decides.
+        for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGTTIN,
+                       signal.SIGTTOU):
+            signal.signal(signum, signal.SIG_IGN)
 
     def send(self, message: wire.Message) -> None:
         self.sock.send_multipart(wire.encode(message))
@@ -228,32 +230,37 @@ class Worker:
         while self.inbox and self.inbox[0].task == job.task:
             batch.append(self.inbox.popleft())
         _announce(batch)
+        started = time.monotonic()
         try:
             values = task.fn([json.loads(j.data) for j in batch])
             if not isinstance(values, list) or len(values) != len(batch):
                 raise TypeError(f"batch task {task.name} returned {type(values).__name__}, "
                                 f"not a list of {len(batch)} results")
         except Exception as exc:
-            return [_failure(j.id, exc) for j in batch]
+            seconds = time.monotonic() - started
+            return [_failure(j.id, exc, seconds) for j in batch]
+        seconds = time.monotonic() - started
         results = []
         for j, value in zip(batch, values):
             if isinstance(value, Exception):
-                results.append(_failure(j.id, value))
+                results.append(_failure(j.id, value, seconds))
                 continue
             try:
-                results.append(_success(j.id, value))
+                results.append(_success(j.id, value, seconds))
             except (TypeError, ValueError) as exc:
-                results.append(_failure(j.id, exc))
+                results.append(_failure(j.id, exc, seconds))
         return results
 
     def _run(self, job: PendingJob) -> Outcome:
         task = self.tasks.get(job.task)
+        started = time.monotonic()
         try:
             if task is None:
                 raise LookupError(f"this worker has no task {job.task!r}")
-            return _success(job.id, task.fn(json.loads(job.data)))
+            value = task.fn(json.loads(job.data))
+            return _success(job.id, value, time.monotonic() - started)
         except Exception as exc:  # the task's failure is the job's result, not ours
-            return _failure(job.id, exc)
+            return _failure(job.id, exc, time.monotonic() - started)
 
     def _read_signals(self) -> None:
         try:
@@ -291,21 +298,23 @@ def _announce(jobs: list[PendingJob]) -> None:
 
 def _results(outcomes: list[Outcome]) -> wire.Result:
     return wire.Result(ids=[o[0] for o in outcomes], oks=[o[1] for o in outcomes],
-                       errors=[o[2] for o in outcomes], data=[o[3] for o in outcomes])
+                       errors=[o[2] for o in outcomes], seconds=[o[4] for o in outcomes],
+                       data=[o[3] for o in outcomes])
 
 
-def _success(job_id: str, value: Any) -> Outcome:
+def _success(job_id: str, value: Any, seconds: float) -> Outcome:
     data = json.dumps(value).encode()  # TypeError/ValueError: the job fails
     if len(data) > wire.MAX_DATA:
         raise ValueError(f"result is {len(data)} bytes of JSON (limit {wire.MAX_DATA})")
-    return (job_id, True, None, data)
+    return (job_id, True, None, data, seconds)
 
 
-def _failure(job_id: str, exc: BaseException) -> Outcome:
+def _failure(job_id: str, exc: BaseException, seconds: float) -> Outcome:
     # Bounded, so that a failure always fits in a message.
     return (job_id, False, {
         "type": type(exc).__name__, "message": str(exc)[:MAX_ERROR_TEXT],
-        "traceback": "".join(traceback.format_exception(exc))[-MAX_ERROR_TEXT:]}, b"null")
+        "traceback": "".join(traceback.format_exception(exc))[-MAX_ERROR_TEXT:]}, b"null",
+        seconds)
 
 
 def run(spec: WorkerSpec) -> None:

