@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import bench_models, bench_queue
+from benchmarks import bench_models, bench_queue, bench_service
 
 HERE = Path(__file__).resolve().parent
 
@@ -26,7 +26,8 @@ def _commit() -> str:
 
 
 def main() -> int:
-    sections = [("Queue", bench_queue.run), ("Models", bench_models.run)]
+    sections = [("Queue", bench_queue.run), ("Models", bench_models.run),
+                ("Reload", bench_service.run)]
     lines = [
         "# Benchmark results",
         "",
