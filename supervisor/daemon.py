@@ -55,7 +55,7 @@ class Daemon:
         self.reloader = Reloader(self, dict(os.environ), dict(overrides or {}))
         self.metrics: Metrics | None = None
         self.models: dict[str, Any] = {}
-        self._ready_sent = False
+        self.ready_sent = False
         self._next_service = 0.0
         self.paths = StatePaths.for_state_dir(config.supervisor.state_dir)
         self.log_to_stderr = log_to_stderr
@@ -308,14 +308,14 @@ class Daemon:
     def _tell_service(self, now: float) -> None:
         """READY=1 once every worker is, STATUS= and metrics each second, WATCHDOG=1 while
         healthy: the loop runs (this is called from it) and not every slot is FATAL."""
-        if not self._ready_sent and self.state == "running" and all(
+        if not self.ready_sent and self.state == "running" and all(
                 s.state.state in SERVING_STATES for s in self.pool.slots):
-            self._ready_sent = True
+            self.ready_sent = True
             log.info("all %d workers READY", len(self.pool.slots))
             self.notifier.ready(self.status_line())
         if now >= self._next_service:
             self._next_service = now + SERVICE_EVERY
-            if self._ready_sent and not self.reloader.busy and self.state == "running":
+            if self.ready_sent and not self.reloader.busy and self.state == "running":
                 self.notifier.status(self.status_line())
             if self.metrics is not None:
                 self.metrics.set_workers(Counter(s.state.state.name for s in self.pool.slots))

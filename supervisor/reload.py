@@ -114,7 +114,8 @@ class Reloader:
         self.error = None
         log.info("reload (%s), generation %d: %s", why, self.generation,
                  "; ".join(self.changes) or "no changes")
-        self.d.notifier.reloading()
+        if self.d.ready_sent:  # systemd hears of reloads once it heard READY=1
+            self.d.notifier.reloading()
         self._new = (new, guards)
         wanted = {n: m for n, m in new.models.items() if old.models.get(n) != m}
         if wanted:
@@ -190,7 +191,8 @@ class Reloader:
             log.info("reload: done (generation %d)", self.generation)
         else:
             log.error("reload failed: %s; the previous configuration is in force", error)
-        self.d.notifier.ready(self.d.status_line())  # the reload is over either way
+        if self.d.ready_sent:
+            self.d.notifier.ready(self.d.status_line())  # the reload is over either way
         if self.pending is not None:
             why, self.pending = self.pending, None
             try:
