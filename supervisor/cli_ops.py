@@ -41,9 +41,9 @@ def reload(ctx: click.Context, no_wait: bool) -> None:
     generation = reply["generation"]
     if reply.get("queued"):
         click.echo("a reload is in progress; this one runs when it ends")
-    for line in reply["changes"]:
-        click.echo(f"  {line}")
     if no_wait:
+        for line in reply["changes"]:
+            click.echo(f"  {line}")
         click.echo(f"reload {generation} accepted")
         return
 
@@ -53,9 +53,11 @@ def reload(ctx: click.Context, no_wait: bool) -> None:
             state["generation"] == generation and state["state"] in ("done", "failed")))
 
     state = _wait(config, ended, "the reload")["supervisor"]["reload"]
+    for line in state["changes"]:
+        click.echo(f"  {line}")
     if state["generation"] == generation and state["state"] == "failed":
         fail(1, f"reload failed: {state['error']}; the previous configuration stays in force")
-    click.echo("reloaded" if reply["changes"] else "reloaded: no changes")
+    click.echo("reloaded" if state["changes"] else "reloaded: no changes")
 
 
 @cli.command()

@@ -94,7 +94,9 @@ class Reloader:
         if self.busy:
             self.pending = why
             log.info("reload (%s): queued behind the reload in progress", why)
-            return {**self.status(), "queued": True}
+            # Reloads asked for meanwhile are one: the next generation.
+            return {**self.status(), "generation": self.generation + 1, "changes": [],
+                    "queued": True}
         old = self.d.config
         try:
             new = load_config(old.path, environ=self.environ, overrides=self.overrides)

@@ -45,6 +45,8 @@ def status(data: dict[str, Any]) -> str:
     rows = []
     for w in data["workers"]:
         note = w["reason"] if w["state"] == "FATAL" else (w["last_exit"] or "-")
+        if w.get("removing"):
+            note = "removing (a smaller count)"
         cpu = "-" if w["cpu_percent"] is None else f"{w['cpu_percent']:.1f}"
         rows.append([str(w["slot"]), str(w["pid"] or "-"), w["state"], duration(w["uptime_s"]),
                      str(w["restarts"]), size(w["rss_bytes"]), cpu, note])
@@ -53,4 +55,15 @@ def status(data: dict[str, Any]) -> str:
     standby = sup.get("standby")
     spare = (f"\nstandby: pid {standby['pid']} ({'loaded' if standby['ready'] else 'loading'})"
              if standby else "")
-    return f"{head}\n{body}{spare}\nenv: {env}"
+    return f"{head}\n{body}{spare}{_reload(sup)}\nenv: {env}"
+
+
+def _reload(sup: dict[str, Any]) -> str:
+    """A line while a reload runs or after one failed; nothing in the usual case."""
+    reload = sup.get("reload") or {}
+    lines = ""
+    if reload.get("state") in ("loading", "rolling"):
+        lines += f"\nreload {reload['generation']}: {reload['state']}"
+    elif reload.get("state") == "failed":
+        lines += f"\nlast reload ({reload['generation']}) failed: {reload['error']}"
+    return lines

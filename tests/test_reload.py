@@ -22,6 +22,10 @@ import json, os, time
 from workers import task
 
 LOG = %r
+# A test holds new workers in LOADING until it creates this file.
+GATE = os.environ.get("RELOAD_GATE")
+while GATE and not os.path.exists(GATE):
+    time.sleep(0.02)
 
 
 @task("mark")
@@ -37,8 +41,9 @@ def mark(x):
 '''
 
 
-def configure(instance: Instance, mark: str, workers: int, tasks: str = '["rtasks"]') -> None:
-    instance.write_config(f"tasks = {tasks}\n[env]\nRELOAD_MARK = \"{mark}\"\n",
+def configure(instance: Instance, mark: str, workers: int, tasks: str = '["rtasks"]',
+              env: str = "") -> None:
+    instance.write_config(f"tasks = {tasks}\n[env]\nRELOAD_MARK = \"{mark}\"\n{env}",
                           workers=workers)
 
 
@@ -244,3 +249,28 @@ def test_ttou_never_goes_below_one_worker(instance: Instance, tmp_path: Path) ->
              "SIGTTOU refused")
     assert [w["pid"] for w in instance.wait_ready(1)["workers"]] == \
         [before["workers"][0]["pid"]]
+
+
+def test_reload_asked_for_during_a_reload_runs_after_it(instance: Instance,
+                                                        tmp_path: Path) -> None:
+    before = start(instance, tmp_path / "runs.log")
+    gate = tmp_path / "gate"
+    configure(instance, "two", workers=2, env=f'RELOAD_GATE = "{gate}"\n')
+    os.kill(before["supervisor"]["pid"], signal.SIGHUP)
+    rolling = instance.wait_status(lambda s: s["supervisor"]["reload"]["state"] == "rolling",
+                                   30, "the first reload rolling")
+    assert rolling["supervisor"]["standby"]["ready"] is False  # held by the gate
+    configure(instance, "three", workers=2, env=f'RELOAD_GATE = "{gate}"\n')
+    queued = instance.ctl("reload", "--no-wait")
+    assert queued.returncode == 0, queued.stderr
+    assert "a reload is in progress; this one runs when it ends" in queued.stdout
+    assert "reload 2 accepted" in queued.stdout
+    gate.touch()
+    final = instance.wait_status(lambda s: reload_ended(s, 2) and states(s) == ["READY"] * 2,
+                                 120, "the second reload done")
+    assert final["supervisor"]["reload"]["state"] == "done"
+    assert final["env"]["RELOAD_MARK"] == "three"
+    assert "reload (docbrainctl reload): queued behind the reload in progress" in \
+        instance.log_text
+    with Client(str(instance.config_path)) as client:
+        assert client.result(client.submit("mark", 1), timeout=30)[:2] == [1, "three"]

@@ -82,3 +82,22 @@ def test_table_widths_follow_the_widest_cell() -> None:
 
 def test_table_without_rows_is_the_header() -> None:
     assert render.table(["SLOT", "PID"], []) == "SLOT  PID"
+
+
+def _with(supervisor: dict[str, Any], workers: list[dict[str, Any]] | None = None
+          ) -> dict[str, Any]:
+    return {**STATUS, "supervisor": {**STATUS["supervisor"], **supervisor},  # type: ignore
+            "workers": workers if workers is not None else STATUS["workers"]}
+
+
+def test_status_says_when_a_reload_runs_or_failed_and_which_slots_are_removed() -> None:
+    idle = render.status(_with({"reload": {"state": "done", "generation": 2}}))
+    assert "reload" not in idle
+    running = render.status(_with({"reload": {"state": "rolling", "generation": 3}}))
+    assert running.splitlines()[-2] == "reload 3: rolling"
+    failed = render.status(_with({"reload": {"state": "failed", "generation": 4,
+                                             "error": "model m failed to load: gone"}}))
+    assert failed.splitlines()[-2] == "last reload (4) failed: model m failed to load: gone"
+    removing = render.status(_with({}, [_worker(0, "READY", pid=1),
+                                        _worker(1, "STOPPING", pid=2, removing=True)]))
+    assert removing.splitlines()[3].endswith("removing (a smaller count)")
