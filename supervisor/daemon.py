@@ -56,6 +56,7 @@ class Daemon:
         self.metrics: Metrics | None = None
         self.models: dict[str, Any] = {}
         self.ready_sent = False
+        self._all_fatal = False  # every slot FATAL: the watchdog is not fed
         self._next_service = 0.0
         self.paths = StatePaths.for_state_dir(config.supervisor.state_dir)
         self.log_to_stderr = log_to_stderr
@@ -321,7 +322,15 @@ class Daemon:
                 self.metrics.set_workers(Counter(s.state.state.name for s in self.pool.slots))
                 queue = self.broker.status()
                 self.metrics.set_jobs(queue, queue_depth=queue["pending"])
-        if not all(s.state.state == WorkerState.FATAL for s in self.pool.slots):
+        all_fatal = all(s.state.state == WorkerState.FATAL for s in self.pool.slots)
+        if all_fatal != self._all_fatal:
+            self._all_fatal = all_fatal
+            if all_fatal:
+                log.error("every worker slot is FATAL: no job can run; WATCHDOG=1 withheld "
+                          "(docbrainctl reload or restart starts them again)")
+            else:
+                log.info("a worker slot serves again; WATCHDOG=1 resumed")
+        if not all_fatal:
             self.notifier.watchdog(now)
 
     # -- shutdown ------------------------------------------------------------------------

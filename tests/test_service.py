@@ -9,6 +9,7 @@ import socket
 import tempfile
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -114,6 +115,42 @@ def test_daemon_tells_systemd_ready_watchdog_reloading_stopping(
     assert daemon.wait(60) == 0
     got.extend(received(notify_socket))
     assert any(m.startswith("STOPPING=1") for m in got)
+
+
+BROKEN_WHEN = """\
+import os
+if os.path.exists(%r):
+    raise SystemExit(3)
+"""
+
+
+def test_watchdog_is_withheld_while_every_slot_is_fatal(
+        instance: Instance, notify_socket: socket.socket, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    instance.write_task_module("wtasks", BROKEN_WHEN % str(broken))
+    instance.write_config('tasks = ["wtasks"]\n[restart]\nbackoff_start = 0.05\n'
+                          'flap_limit = 2\n', workers=1)
+    instance.env["NOTIFY_SOCKET"] = notify_socket.getsockname()
+    instance.env["WATCHDOG_USEC"] = "300000"  # a ping every 0.1 s
+    instance.start_foreground()
+    got: list[str] = []
+    wait_for(lambda: got.extend(received(notify_socket)) or "WATCHDOG=1" in got, 60,
+             "the first watchdog ping")
+    broken.touch()  # from now on the worker dies at import: two deaths make the slot FATAL
+    os.kill(instance.wait_ready(1)["workers"][0]["pid"], signal.SIGKILL)
+    wait_for(lambda: "every worker slot is FATAL" in instance.log_text, 60, "all FATAL")
+    received(notify_socket)  # what was sent before the slot went FATAL
+    since = instance.status()["supervisor"]["uptime_s"]  # type: ignore[index]
+    # Ten periods of the ping on the daemon's own clock, not a sleep of ours.
+    instance.wait_status(lambda s: s["supervisor"]["uptime_s"] >= since + 1.0, 30,
+                         "the daemon 1 s further on")
+    assert "WATCHDOG=1" not in received(notify_socket)
+
+    broken.unlink()
+    reloaded = instance.ctl("reload")  # starts the FATAL slot again
+    assert reloaded.returncode == 0, reloaded.stderr
+    wait_for(lambda: "WATCHDOG=1" in received(notify_socket), 30, "the pings again")
+    assert "WATCHDOG=1 resumed" in instance.log_text
 
 
 # -- metrics -----------------------------------------------------------------------------
