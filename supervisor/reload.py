@@ -113,6 +113,10 @@ class Reloader:
         guards = envguard.guards(new)
         self.generation += 1
         self.changes = changes(old, new, self.d.guards, guards)
+        running = self.d.pool.target
+        if running != new.workers.count and old.workers.count == new.workers.count:
+            self.changes.append(f"workers running: {running} -> {new.workers.count} "
+                                "(the count `scale` set ends)")
         self.error = None
         log.info("reload (%s), generation %d: %s", why, self.generation,
                  "; ".join(self.changes) or "no changes")

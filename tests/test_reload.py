@@ -241,6 +241,13 @@ def test_scale_and_ttin_ttou_change_the_pool_while_jobs_run(instance: Instance,
         raise AssertionError("a string count was accepted")
     assert len(instance.status()["workers"]) == 2  # type: ignore[index]
 
+    # A count set by `scale` lasts until the next reload, which says it ends it.
+    assert instance.ctl("scale", "3").returncode == 0
+    reloaded = instance.ctl("reload")
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert "workers running: 3 -> 2 (the count `scale` set ends)" in reloaded.stdout
+    assert len(instance.wait_ready(2)["workers"]) == 2
+
 
 def test_ttou_never_goes_below_one_worker(instance: Instance, tmp_path: Path) -> None:
     before = start(instance, tmp_path / "runs.log", workers=1)
