@@ -309,6 +309,7 @@ class Daemon:
     def _tell_service(self, now: float) -> None:
         """READY=1 once every worker is, STATUS= and metrics each second, WATCHDOG=1 while
         healthy: the loop runs (this is called from it) and not every slot is FATAL."""
+        self.notifier.flush()  # what a reader that was behind could not take yet
         if not self.ready_sent and self.state == "running" and all(
                 s.state.state in SERVING_STATES for s in self.pool.slots):
             self.ready_sent = True

@@ -8,8 +8,11 @@ least that often; WATCHDOG_PID, when set, says which process it is meant for.
 
 The variables are removed from the environment once read, so that spawned workers do not
 inherit them: only the daemon speaks for the service. Without NOTIFY_SOCKET (launchd, a
-terminal) every method does nothing. Sending never raises: a service manager that went away
-must not stop the daemon.
+terminal) every method does nothing. Sending never raises and never blocks: a Unix datagram
+queue holds few messages (net.unix.max_dgram_qlen, 10 by default) and a blocking send to a
+reader that is behind would stop the daemon's loop. What does not fit is kept and sent by
+`flush`, in order, except watchdog pings (the next one is due soon) and a STATUS= that a
+newer one replaces.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 NOTIFY_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 # A ping every third of the watchdog period: one late loop pass does not trip it.
 WATCHDOG_FRACTION = 3
+MAX_UNSENT = 100  # messages kept for a reader that is behind; the oldest go first
 
 
 class Notifier:
@@ -37,6 +41,7 @@ class Notifier:
         self._sock: socket.socket | None = None
         self._next_ping = 0.0
         self._last_status: str | None = None
+        self._unsent: list[str] = []
         path = values["NOTIFY_SOCKET"]
         if path:
             if path.startswith("@"):
@@ -47,6 +52,7 @@ class Notifier:
                 log.warning("NOTIFY_SOCKET=%s: unsupported address; not notifying", path)
         if self.address is not None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock.setblocking(False)
             self.watchdog_interval = _watchdog_interval(values["WATCHDOG_USEC"],
                                                         values["WATCHDOG_PID"], pid)
 
@@ -55,13 +61,39 @@ class Notifier:
         return self._sock is not None
 
     def send(self, *lines: str) -> bool:
-        """One datagram; False if there is nobody to tell or it could not be sent."""
-        if self._sock is None or self.address is None:
+        """One datagram; False if there is nobody to tell or it was not sent (yet)."""
+        if self._sock is None:
             return False
+        message = "\n".join(lines)
+        if message.startswith("STATUS="):  # a newer status replaces one still waiting
+            self._unsent = [m for m in self._unsent if not m.startswith("STATUS=")]
+        if message != "WATCHDOG=1":
+            self._unsent.append(message)
+            del self._unsent[:-MAX_UNSENT]
+        elif self._unsent:
+            return False  # behind: this ping is not worth queueing
+        else:
+            return self._sendto(message)
+        return self.flush()
+
+    def flush(self) -> bool:
+        """Send what is waiting, in order; True when nothing is left."""
+        while self._unsent:
+            if not self._sendto(self._unsent[0]):
+                return False
+            self._unsent.pop(0)
+        return True
+
+    def _sendto(self, message: str) -> bool:
+        assert self._sock is not None and self.address is not None
         try:
-            self._sock.sendto("\n".join(lines).encode(), self.address)
+            self._sock.sendto(message.encode(), self.address)
+        except BlockingIOError:
+            return False  # the reader is behind; flush tries again
         except OSError as exc:
-            log.debug("sd_notify %s: %s", lines[0] if lines else "", exc)
+            log.debug("sd_notify %s: %s", message.split("\n", 1)[0], exc)
+            if self._unsent and self._unsent[0] == message:
+                self._unsent.pop(0)  # gone for good (no listener): do not retry it
             return False
         return True
 

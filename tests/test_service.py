@@ -71,6 +71,22 @@ def test_notifier_sends_datagrams_and_takes_the_variables_out_of_the_environment
     notifier.close()
 
 
+def test_notifier_never_blocks_on_a_reader_that_is_behind(
+        notify_socket: socket.socket) -> None:
+    notifier = Notifier({"NOTIFY_SOCKET": notify_socket.getsockname()}, pid=1)
+    sent = sum(notifier.send("WATCHDOG=1") for _ in range(1000))  # nobody reads meanwhile
+    assert 0 < sent < 1000  # the queue filled up; the rest were dropped, not waited for
+    notifier.status("1/2 workers ready")
+    notifier.ready("2/2 workers ready")
+    notifier.status("2/2 workers ready, 5 jobs queued")
+    notifier.status("2/2 workers ready, 9 jobs queued")  # replaces the one before
+    assert received(notify_socket) == ["WATCHDOG=1"] * sent
+    assert notifier.flush()
+    # In order; of the STATUS= lines that waited, only the newest is worth sending.
+    assert received(notify_socket) == ["READY=1\nSTATUS=2/2 workers ready",
+                                       "STATUS=2/2 workers ready, 9 jobs queued"]
+
+
 def test_notifier_without_a_socket_or_for_another_pid() -> None:
     quiet = Notifier({}, pid=1)
     assert not quiet.enabled and not quiet.send("READY=1")
