@@ -183,7 +183,8 @@ def check_guards(f: Facts) -> Verdict:
     applied = f.guards()
     problems = guard_differences(configured, applied, "the daemon")
     advice = "the daemon runs with another configuration or environment than this " \
-             "command: `docbrainctl restart` applies the current one"
+             "command: `docbrainctl reload` applies the current file, `restart` also " \
+             "this environment"
     readable = [w for w in f.workers if w.environ is not None]
     if readable:
         worker = readable[0]

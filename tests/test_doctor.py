@@ -194,7 +194,7 @@ def test_guards_check_with_fakes(tmp_path: Path) -> None:
     stale_config = check_guards(_daemon_facts(tmp_path, other, ProcessInfo(9, environ=other, slot=0)))
     assert stale_config.status is Status.FAIL
     assert stale_config.detail.startswith("TOKENIZERS_PARALLELISM='true' in the daemon")
-    assert "docbrainctl restart" in stale_config.advice
+    assert "docbrainctl reload" in stale_config.advice
 
     no_daemon = check_guards(_facts(tmp_path, environ={"OBJC_DISABLE_INITIALIZE_FORK_SAFETY": "1"}))
     assert no_daemon.status is Status.FAIL and "this environment" in no_daemon.detail
