@@ -23,12 +23,13 @@ import psutil
 
 from supervisor import control, stale
 from supervisor.cli import CliExit, _config, _paths, cli, fail
-from supervisor.doctor import (OUR_PACKAGE, PROBE_MARK, TOKENIZER_FILES, WORKER_STANDBY, Facts,
+from supervisor.doctor import (OUR_PACKAGE, PROBE_MARK, TOKENIZER_FILES, Facts,
                                ModelFiles, ProcessInfo, Probe, Status, Verdict, run_checks)
 from supervisor.marker import MARKER_ENV, SLOT_ENV
 from supervisor.models import ModelLoadError, model_dir
 from supervisor.pidfile import running_pid
 from supervisor.settings import Config, ModelSettings
+from workers.main import STANDBY
 
 PROBE_TIMEOUT = 180.0  # seconds for torch's import and every model's load
 FOLLOW_POLL = 0.2  # seconds between looks at the log file while following
@@ -123,7 +124,7 @@ spec = importlib.util.find_spec("supervisor")
 where = None if spec is None else (os.path.dirname(spec.origin) if spec.origin
                                    else next(iter(spec.submodule_search_locations or []), None))
 sys.path.insert(0, sys.argv[1])
-from supervisor.doctor import probe_main
+from supervisor.probe import probe_main
 probe_main(where, sys.argv[2])
 """
 
@@ -211,7 +212,7 @@ def gather(config: Config) -> Facts:
         pids = [(w["pid"], w["slot"]) for w in status["workers"] if w["pid"]]
         standby = status["supervisor"].get("standby")
         if standby:
-            pids.append((standby["pid"], WORKER_STANDBY))
+            pids.append((standby["pid"], STANDBY))
         workers = [w for w in (_worker(pid, slot) for pid, slot in pids) if w]
     own = int(status["supervisor"]["pid"]) if status else daemon_pid
     others, celery = _scan(own)

@@ -1,8 +1,8 @@
 """docbrainctl doctor: what stands between this installation and a healthy daemon.
 
 The facts are gathered once, by `supervisor.cli_doctor` (the daemon's answers, a scan of the
-processes, one probe subprocess that imports torch and loads the models: `probe_main`
-below); each check here is a function from those facts to a verdict, so a case that no
+processes, one probe subprocess that imports torch and loads the models:
+`supervisor.probe`); each check here is a function from those facts to a verdict, so a case that no
 real process can produce is tested with made-up facts. Everything works without a daemon:
 what needs one says so.
 """
@@ -10,11 +10,9 @@ what needs one says so.
 from __future__ import annotations
 
 import enum
-import json
 import os
 import shutil
 import stat
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +20,8 @@ from typing import Any
 import supervisor
 from supervisor import envguard
 from supervisor.paths import MAX_SOCKET_PATH, StatePaths
-from supervisor.settings import FORBIDDEN_ENV, Config, ModelSettings
+from supervisor.settings import FORBIDDEN_ENV, Config
+from workers.main import STANDBY
 
 OUR_PACKAGE = os.path.dirname(os.path.realpath(supervisor.__file__))
 LOW_DISK = 1 << 30  # bytes free in state_dir's file system below which logs and journal risk it
@@ -51,7 +50,7 @@ class ProcessInfo:
     cmdline: tuple[str, ...] = ()
     ppid: int | None = None
     environ: Mapping[str, str] | None = None  # None: not readable
-    slot: int | None = None                   # a worker's slot (WORKER_STANDBY: the standby)
+    slot: int | None = None                   # a worker's slot (STANDBY: the spare worker)
     state_dir: str | None = None              # a daemon's or an orphan's, where known
     daemon_pid: int | None = None             # an orphan's daemon, from its marker
 
@@ -205,7 +204,7 @@ def spawn_problems(workers: Sequence[ProcessInfo], daemon_pid: int) -> list[str]
     """Each worker that is not multiprocessing's spawn child of the daemon."""
     problems = []
     for w in workers:
-        name = "standby" if w.slot == WORKER_STANDBY else f"slot {w.slot}"
+        name = "standby" if w.slot == STANDBY else f"slot {w.slot}"
         if "spawn_main" not in " ".join(w.cmdline) or "--multiprocessing-fork" not in w.cmdline:
             problems.append(f"{name} pid {w.pid} is not a spawned process: "
                             f"{' '.join(w.cmdline)[:80] or 'no command line'}")
@@ -376,33 +375,3 @@ def run_checks(facts: Facts) -> list[tuple[str, Verdict]]:
             results.append((name, Verdict(Status.FAIL, f"the check itself failed: "
                                           f"{type(exc).__name__}: {exc}", "report this bug")))
     return results
-
-
-# -- the probe's side: a fresh interpreter, as a worker or a new daemon would be -----------
-
-def _one_line(exc: BaseException) -> str:
-    return (f"{type(exc).__name__}: {exc}".strip().splitlines() or [""])[0]
-
-
-def probe_main(supervisor_dir: str | None, request: str) -> None:
-    """The probe's side: import torch, load each model, print one marked JSON line."""
-    from supervisor.models import preload
-
-    out: dict[str, Any] = {"supervisor_dir": supervisor_dir, "models": {}}
-    started = time.perf_counter()
-    try:
-        import torch
-        out.update(torch_version=str(torch.__version__), torch_threads=torch.get_num_threads(),
-                   torch_import_s=time.perf_counter() - started)
-    except Exception as exc:  # an ImportError, or an OSError from a broken library
-        out["torch_error"] = _one_line(exc)
-    else:
-        for name, settings in json.loads(request).items():
-            started = time.perf_counter()
-            try:
-                encoder = preload({name: ModelSettings(**settings)})[name]
-                out["models"][name] = {"dim": encoder.dim,
-                                       "load_s": time.perf_counter() - started}
-            except Exception as exc:
-                out["models"][name] = {"error": _one_line(exc)}
-    print(PROBE_MARK + json.dumps(out), flush=True)
