@@ -119,9 +119,7 @@ class Daemon:
         self._open_sockets()
         self.pool = WorkerPool(self.config, self.paths.endpoint("workers"), self.pid,
                                Spawner(), self._send_to_worker, self.broker, self.models)
-        if self.metrics is not None:
-            self.pool.on_restart = self.metrics.restarted
-            self.broker.on_finished = self.metrics.job_finished
+        self._hook_metrics()
         self.pool.start_all(time.monotonic())                        # (4)
         self.state = "running"
         self._loop()
@@ -165,8 +163,8 @@ class Daemon:
             for fd in fds.keys() - pipes:
                 poller.register(fd, zmq.POLLIN)
             pipes = set(fds)
-            deadline = min(self.pool.next_deadline(), self.notifier.next_deadline() or MAX_POLL_WAIT
-                           + time.monotonic())
+            deadlines = [self.pool.next_deadline(), self.notifier.next_deadline()]
+            deadline = min(d for d in deadlines if d is not None)
             # Models of a reload load in a thread; look for the end of it often.
             cap = 0.05 if self.reloader.state == "loading" else MAX_POLL_WAIT
             wait = min(cap, max(0.0, deadline - time.monotonic()))
@@ -296,8 +294,12 @@ class Daemon:
             self._serve_metrics(self.config.metrics)  # as if nothing was asked
             raise
         finally:
-            self.pool.on_restart = self.metrics.restarted if self.metrics else None
-            self.broker.on_finished = self.metrics.job_finished if self.metrics else None
+            self._hook_metrics()
+
+    def _hook_metrics(self) -> None:
+        """Restarts and finished jobs are counted as they happen, by the current server."""
+        self.pool.on_restart = self.metrics.restarted if self.metrics else None
+        self.broker.on_finished = self.metrics.job_finished if self.metrics else None
 
     def status_line(self) -> str:
         serving = sum(1 for s in self.pool.slots[:self.pool.target]

@@ -134,13 +134,13 @@ class WorkerPool:
         self._by_routing_id[proc.routing_id] = slot
         self._by_routing_id[proc.routing_id + b":hb"] = slot  # its heartbeat thread
 
-    def _tend_spare(self, now: float) -> None:
+    def _tend_spare(self, now: float, outdated: list[WorkerSlot]) -> None:
         if self._stopping:
             return
         if self.spare.due is None and self.config.workers.standby and \
                 all(s.state.state in lifecycle.SERVING_STATES for s in self.slots):
             self.spare.due = now  # not before: it would slow the start down
-        if self.config.workers.standby or self._outdated():
+        if self.config.workers.standby or outdated:
             self.spare.tend(now, self.generation)
         elif self.spare.proc is not None and self.spare.ready:
             self.spare.discard()  # the surge worker of a reload that needs it no more
@@ -236,9 +236,8 @@ class WorkerPool:
         """Workers of an older configuration still to be replaced."""
         return len(self._outdated())
 
-    def _roll(self, now: float) -> None:
+    def _roll(self, now: float, outdated: list[WorkerSlot]) -> None:
         """Replace the next old worker once a spare of the new configuration is loaded."""
-        outdated = self._outdated()
         if not outdated or self.spare.proc is None or not self.spare.ready or \
                 self.spare.proc.generation != self.generation or \
                 any(s.state.state == WorkerState.STOPPING for s in outdated):
@@ -315,8 +314,9 @@ class WorkerPool:
         for slot in self.slots:
             self.apply(slot, Event.TICK, now)
         self._reconcile(now)
-        self._tend_spare(now)
-        self._roll(now)
+        outdated = self._outdated()
+        self._tend_spare(now, outdated)
+        self._roll(now, outdated)
         if now >= self._next_beat:
             self._next_beat = now + self.config.workers.heartbeat_interval
             for slot in self.slots:
