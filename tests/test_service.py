@@ -150,8 +150,10 @@ def test_watchdog_is_withheld_while_every_slot_is_fatal(
     instance.env["WATCHDOG_USEC"] = "300000"  # a ping every 0.1 s
     instance.start_foreground()
     got: list[str] = []
-    wait_for(lambda: got.extend(received(notify_socket)) or "WATCHDOG=1" in got, 60,
-             "the first watchdog ping")
+    # Pings start with the loop, before the worker has imported its tasks: wait for READY.
+    wait_for(lambda: got.extend(received(notify_socket)) or (
+        "WATCHDOG=1" in got and any(m.startswith("READY=1") for m in got)), 60,
+        "READY=1 and a watchdog ping")
     broken.touch()  # from now on the worker dies at import: two deaths make the slot FATAL
     os.kill(instance.wait_ready(1)["workers"][0]["pid"], signal.SIGKILL)
     wait_for(lambda: "every worker slot is FATAL" in instance.log_text, 60, "all FATAL")
