@@ -78,13 +78,11 @@ def _pidfile_dir(proc: psutil.Process) -> str | None:
     return None
 
 
-def _scan(own_daemon: int | None) -> tuple[list[ProcessInfo], list[ProcessInfo]]:
-    """Other docbrain daemons (by command line, or named in live workers' markers) and
-    Celery workers, of any user whose command lines we can read."""
-    named: dict[int, str] = {}
-    for _proc, marker in stale.marked_processes():
-        if marker.daemon_pid not in named and marker.daemon_alive():
-            named[marker.daemon_pid] = marker.state_dir
+def _scan(own_daemon: int | None, named: dict[int, str]
+          ) -> tuple[list[ProcessInfo], list[ProcessInfo]]:
+    """Other docbrain daemons (by command line, or `named`: pid -> state_dir of the live
+    daemons that workers' markers name) and Celery workers, of any user whose command
+    lines we can read."""
     others: dict[int, ProcessInfo] = {}
     celery = []
     for proc in psutil.process_iter(["cmdline"]):
@@ -100,6 +98,11 @@ def _scan(own_daemon: int | None) -> tuple[list[ProcessInfo], list[ProcessInfo]]
         if pid not in others and pid != own_daemon:
             others[pid] = ProcessInfo(pid, state_dir=state_dir)
     return sorted(others.values(), key=lambda p: p.pid), celery
+
+
+def _marked_infos(found: list[stale.MarkedProcess]) -> tuple[ProcessInfo, ...]:
+    return tuple(ProcessInfo(m.pid, tuple(m.cmdline.split()), state_dir=m.marker.state_dir,
+                             daemon_pid=m.marker.daemon_pid) for m in found)
 
 
 def _worker(pid: int, slot: int) -> ProcessInfo | None:
@@ -215,13 +218,13 @@ def gather(config: Config) -> Facts:
             pids.append((standby["pid"], STANDBY))
         workers = [w for w in (_worker(pid, slot) for pid, slot in pids) if w]
     own = int(status["supervisor"]["pid"]) if status else daemon_pid
-    others, celery = _scan(own)
-    orphans = tuple(ProcessInfo(s.process.pid, tuple(s.cmdline.split()),
-                                state_dir=s.marker.state_dir, daemon_pid=s.marker.daemon_pid)
-                    for s in stale.find_stale())
+    marked = stale.survey()
+    others, celery = _scan(own, marked.live_daemons())
+    orphans, foreign = _marked_infos(marked.stale()), _marked_infos(marked.unknown())
     files = {name: model_files(m) for name, m in config.models.items()}
     facts = Facts(config, paths, daemon_pid, status, status_error, socket_present, ping_ms,
                   ping_error, tuple(others), orphans, tuple(celery), tuple(workers), files,
+                  foreign=foreign,
                   environ=dict(os.environ), cwd=os.getcwd(),
                   supervisor_dist=supervisor_distribution())
     loadable = {n: m for n, m in config.models.items() if files[n].problem is None}

@@ -1,14 +1,19 @@
-"""docbrainctl reload and scale: change a running daemon without stopping it."""
+"""docbrainctl reload and scale: change a running daemon without stopping it; cleanup:
+end the workers a dead daemon left behind."""
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import click
 
+from supervisor import stale
 from supervisor.cli import POLL, _call, _config, _paths, _running, cli, fail
+from supervisor.marker import MARKER_ENV, DaemonState
 from supervisor.settings import MAX_WORKERS, Config
 
 
@@ -80,3 +85,68 @@ def scale(ctx: click.Context, count: int, no_wait: bool) -> None:
                 w["state"] in ("READY", "BUSY", "FATAL") for w in workers)
         _wait(config, settled, f"scaling to {count} workers")
     click.echo(f"scaled to {count} workers (was {reply['was']})")
+
+
+@cli.command()
+@click.option("--all", "every", is_flag=True,
+              help="Orphans of every state_dir of this user, not only this one's.")
+@click.option("--pid", "pids", type=int, multiple=True,
+              help="End this marked worker although its daemon cannot be seen (it ran in "
+                   "another PID namespace); repeatable.")
+@click.option("--dry-run", is_flag=True, help="Print what would be ended; end nothing.")
+@click.pass_context
+def cleanup(ctx: click.Context, every: bool, pids: tuple[int, ...], dry_run: bool) -> None:
+    """End orphaned workers: those whose daemon is gone (SIGTERM, 5 s, SIGKILL).
+
+    Without options, the orphans of this state_dir, as `start` ends them. A worker whose
+    marker comes from another PID namespace (a daemon in a container, seen from the host)
+    is ended only when named with --pid: whether its daemon runs cannot be told from here.
+    """
+    state_dir = _paths(_config(ctx)).state_dir
+    found = stale.survey()
+    if pids:
+        by_pid = {p.pid: p for p in found.processes}
+        for pid in pids:  # every pid is checked before any is ended
+            item = by_pid.get(pid)
+            if item is None:
+                fail(2, f"pid {pid} is not a docbrain worker of this user "
+                     f"(no {MARKER_ENV} marker)")
+            if item.daemon is DaemonState.ALIVE:
+                fail(2, f"pid {pid} is a worker of the running daemon "
+                     f"{item.marker.daemon_pid} (state_dir {item.marker.state_dir}): "
+                     "stop that daemon instead")
+        chosen = [by_pid[pid] for pid in dict.fromkeys(pids)]
+    else:
+        chosen = found.stale(None if every else state_dir)
+    if dry_run:
+        for item in chosen:
+            click.echo(f"would end pid {item.pid} (daemon {item.marker.daemon_pid}, "
+                       f"state_dir {item.marker.state_dir}): {item.cmdline}")
+    elif chosen:
+        _terminate_echoed(chosen)
+    left = [p for p in found.unknown() if p not in chosen]
+    if left:
+        click.echo(f"left alone: {len(left)} worker(s) of a daemon in another PID namespace: "
+                   + ", ".join(f"pid {p.pid} (state_dir {p.marker.state_dir})" for p in left)
+                   + "; --pid PID ends one")
+    if not pids and not every:
+        others = [p for p in found.stale() if p not in chosen]
+        if others:
+            click.echo(f"left alone: {len(others)} orphaned worker(s) of other state_dirs; "
+                       "--all ends them too")
+    verb = "would end" if dry_run else "ended"
+    click.echo(f"{verb} {len(chosen)} worker(s)" if chosen else "no orphaned workers to end")
+
+
+def _terminate_echoed(chosen: list[stale.MarkedProcess]) -> None:
+    """stale.terminate, its log lines (one per signal, with the pid) printed on stdout."""
+    logger = logging.getLogger(stale.__name__)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        stale.terminate(chosen)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True

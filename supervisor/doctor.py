@@ -84,7 +84,7 @@ class Facts:
     ping_ms: float | None = None
     ping_error: str | None = None
     others: tuple[ProcessInfo, ...] = ()   # docbrain daemons of other state_dirs
-    orphans: tuple[ProcessInfo, ...] = ()
+    orphans: tuple[ProcessInfo, ...] = ()  # workers whose daemon is proven gone
     celery: tuple[ProcessInfo, ...] = ()
     workers: tuple[ProcessInfo, ...] = ()  # the daemon's live workers
     model_files: Mapping[str, ModelFiles] = field(default_factory=dict)
@@ -92,6 +92,7 @@ class Facts:
     supervisor_dist: str | None = None     # version of an installed "supervisor" distribution
     environ: Mapping[str, str] = field(default_factory=dict)  # this command's environment
     cwd: str = ""
+    foreign: tuple[ProcessInfo, ...] = ()  # workers of a daemon in another PID namespace
 
     def guards(self) -> dict[str, str]:
         """The guards in force: the daemon's own when it answers, else the configuration's."""
@@ -140,13 +141,28 @@ def check_instances(f: Facts) -> Verdict:
                    f"you do not need (`docbrainctl --config THEIRS stop`, or kill {_pids(f.others)})")
 
 
+def _marked(procs: Sequence[ProcessInfo]) -> str:
+    return ", ".join(f"pid {p.pid} (daemon {p.daemon_pid}, state_dir {p.state_dir})"
+                     for p in procs)
+
+
 def check_orphans(f: Facts) -> Verdict:
-    if not f.orphans:
-        return Verdict(Status.PASS, "no orphaned workers")
-    return Verdict(Status.FAIL, f"{len(f.orphans)} orphaned worker(s) whose daemon is gone: "
-                   + ", ".join(f"pid {p.pid} (daemon {p.daemon_pid}, state_dir {p.state_dir})"
-                               for p in f.orphans),
-                   f"`docbrainctl start` kills them first, or kill {_pids(f.orphans)}")
+    foreign = ""
+    if f.foreign:
+        foreign = (f"{len(f.foreign)} worker(s) of a daemon in another PID namespace, which "
+                   f"cannot be seen from here: {_marked(f.foreign)}")
+    if f.orphans:
+        own = [p for p in f.orphans if p.state_dir == f.paths.state_dir]
+        how = ("`docbrainctl start` ends this state_dir's first; "
+               if own else "") + "`docbrainctl cleanup --all` ends them all"
+        return Verdict(Status.FAIL, f"{len(f.orphans)} orphaned worker(s) whose daemon is "
+                       f"gone: {_marked(f.orphans)}" + (f"; {foreign}" if foreign else ""),
+                       f"{how} (pid {_pids(f.orphans)})")
+    if foreign:
+        return Verdict(Status.WARN, foreign,
+                       "start and cleanup leave them alone; if their daemon (in a container?) "
+                       f"is gone, `docbrainctl cleanup --pid PID` ends them ({_pids(f.foreign)})")
+    return Verdict(Status.PASS, "no orphaned workers")
 
 
 def check_celery(f: Facts) -> Verdict:

@@ -3,6 +3,13 @@
 Found with psutil by the marker in their environment, never by name; a process without
 the marker, or with the marker of a daemon that still runs, is never touched. Only our own
 user's processes are considered.
+
+A worker is stale only when we can prove its daemon is gone (supervisor.marker: the same
+PID namespace, and its pid absent or reused). At start a daemon cleans the stale workers of
+its own state_dir and no others: that is the one instance it is sure to own, and another
+state_dir's orphans are reported (doctor, the log) and left to `docbrainctl cleanup --all`
+or that instance's next start. A marker from another PID namespace (a daemon in a
+container, seen from the host) proves nothing either way: it is left alone and reported.
 """
 
 from __future__ import annotations
@@ -11,20 +18,53 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import psutil
 
-from supervisor.marker import MARKER_ENV, InstanceMarker
+from supervisor.marker import MARKER_ENV, DaemonState, InstanceMarker, pid_namespace
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class StaleProcess:
+class MarkedProcess:
     process: psutil.Process
     marker: InstanceMarker
     cmdline: str
+    daemon: DaemonState  # of the daemon its marker names
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def of_state_dir(self, state_dir: str) -> bool:
+        return _same_dir(self.marker.state_dir, state_dir)
+
+
+@dataclass(frozen=True)
+class Survey:
+    """Every marked process of ours but the daemons themselves, by what we can prove."""
+    processes: tuple[MarkedProcess, ...]
+
+    def stale(self, state_dir: str | None = None) -> list[MarkedProcess]:
+        """Those whose daemon is proven gone: of `state_dir`, or of any when None."""
+        return [p for p in self.processes if p.daemon is DaemonState.GONE
+                and (state_dir is None or p.of_state_dir(state_dir))]
+
+    def unknown(self) -> list[MarkedProcess]:
+        """Those whose daemon we cannot see: another PID namespace, or no namespace named."""
+        return [p for p in self.processes if p.daemon is DaemonState.UNKNOWN]
+
+    def live_daemons(self) -> dict[int, str]:
+        """pid -> state_dir of the live daemons (in our namespace) that the markers name."""
+        return {p.marker.daemon_pid: p.marker.state_dir for p in self.processes
+                if p.daemon is DaemonState.ALIVE}
+
+
+def _same_dir(a: str, b: str) -> bool:
+    return a == b or os.path.realpath(a) == os.path.realpath(b)
 
 
 def _marker_of(proc: psutil.Process) -> InstanceMarker | None:
@@ -49,45 +89,69 @@ def marked_processes() -> list[tuple[psutil.Process, InstanceMarker]]:
     return found
 
 
-def find_stale() -> list[StaleProcess]:
-    """Marked processes whose daemon is gone (the marked daemon itself excluded)."""
-    alive: dict[InstanceMarker, bool] = {}
-    stale = []
+def survey() -> Survey:
+    own_ns = pid_namespace()
+    states: dict[InstanceMarker, DaemonState] = {}
+    found = []
     for proc, marker in marked_processes():
-        if proc.pid == marker.daemon_pid:
-            continue
-        if marker not in alive:
-            alive[marker] = marker.daemon_alive()
-        if alive[marker]:
-            continue
+        if proc.pid == marker.daemon_pid and marker.pid_ns == own_ns:
+            continue  # a daemon carries its own marker
+        if marker not in states:
+            states[marker] = marker.daemon_state(own_ns)
         try:
             cmdline = " ".join(proc.cmdline())
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-        stale.append(StaleProcess(proc, marker, cmdline))
-    return stale
+        found.append(MarkedProcess(proc, marker, cmdline, states[marker]))
+    return Survey(tuple(found))
 
 
-def kill_stale(timeout: float = 5.0) -> list[StaleProcess]:
-    """SIGTERM every stale worker, wait, then SIGKILL what is left. Returns what was found."""
-    stale = find_stale()
-    for item in stale:
-        log.warning("stale worker pid %d of dead daemon %d (%s): SIGTERM; cmdline: %s",
-                    item.process.pid, item.marker.daemon_pid, item.marker.state_dir,
+def find_stale(state_dir: str | None = None) -> list[MarkedProcess]:
+    """Marked processes whose daemon is proven gone: of `state_dir`, or of any when None."""
+    return survey().stale(state_dir)
+
+
+def clean_at_start(state_dir: str, timeout: float = 5.0) -> list[MarkedProcess]:
+    """The start-up cleanup: end this state_dir's stale workers; log the rest we leave."""
+    found = survey()
+    stale = found.stale(state_dir)
+    others = [p for p in found.stale() if p not in stale]
+    if others:
+        log.warning("left alone: %d orphaned worker(s) of other state_dirs (%s), pid %s; "
+                    "`docbrainctl cleanup --all` ends them",
+                    len(others), ", ".join(sorted({p.marker.state_dir for p in others})),
+                    " ".join(str(p.pid) for p in others))
+    for item in found.unknown():
+        log.warning("left alone: worker pid %d of daemon %d in another PID namespace "
+                    "(state_dir %s), which cannot be seen from here; if that daemon is gone, "
+                    "`docbrainctl cleanup --pid %d` ends it",
+                    item.pid, item.marker.daemon_pid, item.marker.state_dir, item.pid)
+    return terminate(stale, timeout)
+
+
+def terminate(items: Iterable[MarkedProcess], timeout: float = 5.0) -> list[MarkedProcess]:
+    """SIGTERM each, wait, then SIGKILL what is left; each step logged with its pid."""
+    items = list(items)
+    for item in items:
+        proven = item.daemon is DaemonState.GONE
+        log.warning("%s pid %d of %sdaemon %d (%s): SIGTERM; cmdline: %s",
+                    "stale worker" if proven else "worker", item.pid,
+                    "dead " if proven else "", item.marker.daemon_pid, item.marker.state_dir,
                     item.cmdline)
         try:
             item.process.send_signal(signal.SIGTERM)
         except psutil.NoSuchProcess:
             pass
-    left = _wait_gone([s.process for s in stale], timeout)
+    left = _wait_gone([s.process for s in items], timeout)
     for proc in left:
-        log.warning("stale worker pid %d survived SIGTERM for %.1f s: SIGKILL", proc.pid, timeout)
+        log.warning("stale worker pid %d survived SIGTERM for %.1f s: SIGKILL", proc.pid,
+                    timeout)
         try:
             proc.kill()
         except psutil.NoSuchProcess:
             pass
     _wait_gone(left, timeout)
-    return stale
+    return items
 
 
 def _gone(proc: psutil.Process) -> bool:

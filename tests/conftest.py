@@ -112,8 +112,20 @@ class Instance:
         return path.read_text() if path.exists() else ""
 
     def daemon_pid(self) -> int | None:
-        """The pid of the daemon holding this state_dir's pidfile lock, if one does."""
-        return running_pid(str(self.state_dir / "docbrain.pid"))
+        """The pid of the daemon holding this state_dir's pidfile lock, if one does and that
+        pid is it here: a daemon in another PID namespace wrote a pid of its own namespace,
+        which names some other process (or none) in ours."""
+        pidfile = str(self.state_dir / "docbrain.pid")
+        pid = running_pid(pidfile)
+        proc = _process(pid) if pid and pid > 0 else None
+        try:
+            real = os.path.realpath(pidfile)
+            if proc is not None and any(os.path.realpath(f.path) == real
+                                        for f in proc.open_files()):
+                return pid
+        except psutil.Error:
+            pass
+        return None
 
     def marked_pids(self) -> list[int]:
         """Processes carrying the marker of a daemon of this state_dir."""

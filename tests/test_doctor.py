@@ -17,9 +17,10 @@ from conftest import Instance
 from supervisor import envguard
 from supervisor.cli_doctor import is_celery_worker, is_daemon_cmdline
 from supervisor.doctor import (OUR_PACKAGE, Facts, ProcessInfo, Probe, Status, check_control,
-                               check_guards, check_import_name, check_start_method,
+                               check_guards, check_import_name, check_orphans,
+                               check_start_method,
                                check_state_dir, check_torch, guard_differences, spawn_problems)
-from supervisor.marker import MARKER_ENV, InstanceMarker
+from supervisor.marker import MARKER_ENV, InstanceMarker, pid_namespace
 from supervisor.paths import StatePaths
 from supervisor.settings import Config, SupervisorSettings
 
@@ -70,25 +71,23 @@ def test_doctor_with_a_running_daemon_passes(instance: Instance) -> None:
     assert any(line.split()[:2] == ["PASS", "start-method"] for line in lines)
 
 
-# The orphan ignores SIGTERM: any `docbrainctl start` on this machine (other test runs, too)
-# kills stale workers, and a SIGKILL only comes 5 s later, time enough for doctor to look.
 ORPHAN = """\
-import signal, time
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
+import time
 print("up", flush=True)
 time.sleep(600)
 """
 
 
 def _plant_orphan(instance: Instance) -> subprocess.Popen[str]:
-    """A sleeping process that carries the marker of a daemon of this state_dir that is gone."""
+    """A sleeping process that carries the marker of a daemon of this state_dir that is gone.
+    Only a `docbrainctl start` of this state_dir (or a cleanup of it) would end it."""
     gone = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
                             stdin=subprocess.PIPE)
     born = psutil.Process(gone.pid).create_time()
     assert gone.stdin is not None
     gone.stdin.close()
     gone.wait(30)
-    marker = InstanceMarker(gone.pid, born, str(instance.state_dir)).encode()
+    marker = InstanceMarker(gone.pid, born, str(instance.state_dir), pid_namespace()).encode()
     orphan = subprocess.Popen([sys.executable, "-c", ORPHAN],
                               env={**instance.env, MARKER_ENV: marker},
                               stdout=subprocess.PIPE, text=True)
@@ -97,37 +96,31 @@ def _plant_orphan(instance: Instance) -> subprocess.Popen[str]:
 
 
 def test_doctor_reports_a_planted_orphan(instance: Instance) -> None:
-    # No daemon here: a `docbrainctl start` would kill the orphan first.
-    for _attempt in range(5):
-        orphan = _plant_orphan(instance)
-        try:
-            code, checks, _ = _doctor(instance)
-            orphans = checks["orphans"]
-            if f"pid {orphan.pid} " not in orphans["detail"] and orphan.poll() is not None:
-                continue  # another test run's `start` killed it before doctor looked
-            assert code == 1
-            assert orphans["status"] == "FAIL"
-            assert f"pid {orphan.pid} (daemon " in orphans["detail"]
-            assert f"state_dir {instance.state_dir})" in orphans["detail"]
-            assert str(orphan.pid) in orphans["advice"]
-            assert "docbrainctl start kills them first" in orphans["advice"].replace("`", "")
-            assert checks["daemon"]["status"] == "WARN"
-            assert checks["control"] == {"check": "control", "status": "WARN",
-                                         "detail": "not running",
-                                         "advice": "start it with `docbrainctl start`"}
-            human = instance.ctl("doctor")
-            if orphan.poll() is not None:
-                continue
-            assert human.returncode == 1
-            assert any(line.startswith("FAIL  orphans") and str(orphan.pid) in line
-                       for line in human.stdout.splitlines())
-            return
-        finally:
-            orphan.kill()
-            orphan.wait(30)
-            assert orphan.stdout is not None
-            orphan.stdout.close()
-    raise AssertionError("the planted orphan was killed by others' daemons five times")
+    orphan = _plant_orphan(instance)  # no daemon here: a `docbrainctl start` would end it
+    try:
+        code, checks, _ = _doctor(instance)
+        orphans = checks["orphans"]
+        assert code == 1
+        assert orphans["status"] == "FAIL"
+        assert f"pid {orphan.pid} (daemon " in orphans["detail"]
+        assert f"state_dir {instance.state_dir})" in orphans["detail"]
+        assert str(orphan.pid) in orphans["advice"]
+        assert "docbrainctl start ends this state_dir's first" in \
+            orphans["advice"].replace("`", "")
+        assert checks["daemon"]["status"] == "WARN"
+        assert checks["control"] == {"check": "control", "status": "WARN",
+                                     "detail": "not running",
+                                     "advice": "start it with `docbrainctl start`"}
+        human = instance.ctl("doctor")
+        assert human.returncode == 1
+        assert any(line.startswith("FAIL  orphans") and str(orphan.pid) in line
+                   for line in human.stdout.splitlines())
+        assert orphan.poll() is None  # doctor only looks
+    finally:
+        orphan.kill()
+        orphan.wait(30)
+        assert orphan.stdout is not None
+        orphan.stdout.close()
 
 
 def test_models_check_loads_a_real_model(instance: Instance) -> None:
@@ -210,6 +203,26 @@ def test_start_method_check_with_fakes(tmp_path: Path) -> None:
         "standby pid 9 has parent 1, not the daemon 100"]
     verdict = check_start_method(_daemon_facts(tmp_path, {}, spawned, forked))
     assert verdict.status is Status.FAIL and verdict.advice
+
+
+def test_orphans_check_with_fakes(tmp_path: Path) -> None:
+    assert check_orphans(_facts(tmp_path)).status is Status.PASS
+    own_dir = str(tmp_path / "state")
+    foreign = ProcessInfo(7, state_dir="/in/a/container", daemon_pid=1)
+    warned = check_orphans(_facts(tmp_path, foreign=(foreign,)))
+    assert warned.status is Status.WARN
+    assert warned.detail == ("1 worker(s) of a daemon in another PID namespace, which cannot "
+                             "be seen from here: pid 7 (daemon 1, state_dir /in/a/container)")
+    assert "`docbrainctl cleanup --pid PID` ends them (7)" in warned.advice
+    orphan = ProcessInfo(8, state_dir="/elsewhere", daemon_pid=5)
+    failed = check_orphans(_facts(tmp_path, orphans=(orphan,), foreign=(foreign,)))
+    assert failed.status is Status.FAIL
+    assert failed.detail.startswith("1 orphaned worker(s) whose daemon is gone: pid 8 "
+                                    "(daemon 5, state_dir /elsewhere); 1 worker(s) of a daemon")
+    assert failed.advice == "`docbrainctl cleanup --all` ends them all (pid 8)"
+    own = ProcessInfo(9, state_dir=own_dir, daemon_pid=5)
+    assert check_orphans(_facts(tmp_path, orphans=(own,))).advice.startswith(
+        "`docbrainctl start` ends this state_dir's first")
 
 
 def test_state_dir_permissions(tmp_path: Path) -> None:
