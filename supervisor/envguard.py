@@ -38,6 +38,10 @@ def guard_defaults(cores: int, workers: int) -> dict[str, str]:
         "TOKENIZERS_PARALLELISM": "false",
         # Models load from local files only: nothing is downloaded at run time.
         "HF_HUB_OFFLINE": "1",
+        # The daemon and workers log lines: no carriage-return progress bars in the log
+        # file, the journal or a process manager's log (transformers' "Loading weights").
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "TQDM_DISABLE": "1",
         **{name: threads for name in THREAD_VARS},
     }
 

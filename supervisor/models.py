@@ -54,7 +54,12 @@ def preload(models: Mapping[str, ModelSettings]) -> dict[str, Any]:
     # Registers the reductions that hand shared tensors to spawned processes.
     import torch.multiprocessing  # noqa: F401
 
+    from transformers.utils import logging as transformers_logging
+
     from workers.embedding import SentenceEncoder
+
+    # The daemon logs lines: no "Loading weights" bar, whatever [env] says of the guards.
+    transformers_logging.disable_progress_bar()
 
     loaded: dict[str, Any] = {}
     for name, settings in models.items():

