@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_models import _texts
+from benchmarks.corpus import load_texts
 from supervisor.client import Client
 from supervisor.config import load_config
 
@@ -58,7 +58,7 @@ def _embed_all(client: Client, texts: list[str], at: int = -1,
 
 
 def reload_under_load() -> dict[str, float]:
-    texts = _texts()
+    texts = load_texts()
     with tempfile.TemporaryDirectory(prefix="dbr") as tmp:
         path = Path(tmp) / "bench.toml"
         path.write_text(CONFIG.format(state=f"{tmp}/state", mark="one"))
@@ -95,13 +95,13 @@ def reload_under_load() -> dict[str, float]:
         finally:
             subprocess.run([*ctl, "stop"], check=True, capture_output=True)
     return {"steady": steady, "rolling": rolling, "reload": reload_time[0],
-            "idle_reload": idle_reload, "crash": crash}
+            "idle_reload": idle_reload, "crash": crash, "chunks": len(texts)}
 
 
 def run() -> list[tuple[str, str, str]]:
     r = reload_under_load()
     return [
-        ("embed 1,372 chunks (2 workers) while a reload replaces both workers",
+        (f"embed {r['chunks']:,} chunks (2 workers) while a reload replaces both workers",
          f"{r['rolling']:.1f} chunks/s", f"{r['rolling'] / r['steady']:.2f}× steady running"),
         ("reference: the same chunks in steady running, same daemon",
          f"{r['steady']:.1f} chunks/s", "reference"),

