@@ -8,6 +8,11 @@ TORCH_PIP_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# supervisord, for its integration test only (tests/test_supervisord.py), in a venv of its
+# own: its import name, `supervisor`, is this project's too. Where it cannot be installed,
+# that test is skipped and says why.
+SUPERVISORD_VENV ?= .venv-supervisord
+SUPERVISORD_STAMP := $(SUPERVISORD_VENV)/.installed
 
 .PHONY: install run test bench example-config clean
 
@@ -23,7 +28,11 @@ $(STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	$(BIN)/docbrainctl start --foreground
 
-test: $(STAMP)
+$(SUPERVISORD_STAMP):
+	-test -x $(SUPERVISORD_VENV)/bin/python || $(PYTHON) -m venv $(SUPERVISORD_VENV)
+	-$(SUPERVISORD_VENV)/bin/python -m pip install -q --disable-pip-version-check 'supervisor==4.3.0' && touch $@
+
+test: $(STAMP) $(SUPERVISORD_STAMP)
 	$(BIN)/python -m mypy supervisor workers
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -37,4 +46,4 @@ example-config: $(STAMP)
 	$(BIN)/python -m supervisor.units etc
 
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) $(SUPERVISORD_VENV) *.egg-info

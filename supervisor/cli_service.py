@@ -1,7 +1,8 @@
-"""docbrainctl install-service: write a systemd unit or launchd plist for this machine.
+"""docbrainctl install-service: write a systemd unit, a launchd plist or a supervisord
+program for this machine.
 
-It writes the file and says which command enables it; it never runs systemctl or launchctl
-itself, so that nothing starts behind the user's back and the command works in a chroot or
+It writes the file and says which command enables it; it never runs systemctl, launchctl
+or supervisorctl itself, so that nothing starts behind the user's back and the command works in a chroot or
 an image build as well.
 """
 
@@ -100,6 +101,8 @@ def _prepare_launchd_logs(params: units.UnitParams, account: pwd.struct_passwd) 
               help="A systemd unit (the default on Linux).")
 @click.option("--launchd", "use_launchd", is_flag=True,
               help="A launchd plist (the default on macOS).")
+@click.option("--supervisord", "use_supervisord", is_flag=True,
+              help=f"A supervisord [program:docbrain], in {units.SUPERVISORD_CONF}.")
 @click.option("--user", "user_scope", is_flag=True,
               help="For your own service manager (systemctl --user, a LaunchAgent): "
                    "runs as you and needs no root. Default: a system-wide unit.")
@@ -108,25 +111,34 @@ def _prepare_launchd_logs(params: units.UnitParams, account: pwd.struct_passwd) 
                    "root: no User= line).")
 @click.option("--dry-run", is_flag=True, help="Print the unit instead of writing it.")
 @click.pass_context
-def install_service(ctx: click.Context, use_systemd: bool, use_launchd: bool, user_scope: bool,
-                    run_as: str | None, dry_run: bool) -> None:
-    """Write a service unit that runs the daemon under systemd or launchd.
+def install_service(ctx: click.Context, use_systemd: bool, use_launchd: bool,
+                    use_supervisord: bool, user_scope: bool, run_as: str | None,
+                    dry_run: bool) -> None:
+    """Write a service unit that runs the daemon under systemd, launchd or supervisord.
 
     It runs `docbrainctl start --foreground` with this config, state_dir and environment
     guards, and prints the command that enables it (it does not run it).
     """
-    if use_systemd and use_launchd:
-        fail(2, "give either --systemd or --launchd, not both")
+    chosen = [name for name, flag in (("systemd", use_systemd), ("launchd", use_launchd),
+                                      ("supervisord", use_supervisord)) if flag]
+    if len(chosen) > 1:
+        fail(2, "give one of " + ", ".join(f"--{name}" for name in chosen))
     if user_scope and run_as is not None:
         fail(2, "--run-as is for a system-wide unit; a --user unit runs as you")
-    init = "systemd" if use_systemd else "launchd" if use_launchd else _default_init()
+    if user_scope and use_supervisord:
+        fail(2, "--user: supervisord has no per-user programs; --dry-run prints the section "
+             "for a supervisord of your own")
+    init = chosen[0] if chosen else _default_init()
     target = units.Target(init, user=user_scope)
     config = _config(ctx)
     account = _account(run_as, user_scope)
     params = units.UnitParams.for_config(
         config, units.program_for(sys.executable), user=account.pw_name,
         group=_group_name(account.pw_gid), state_dir=_state_dir_for(config, account))
-    text = units.render(target, params)
+    try:
+        text = units.render(target, params)
+    except units.UnitError as exc:
+        fail(2, str(exc))
     home = os.environ.get("HOME") or os.path.expanduser("~")
     path = units.install_path(target, home, os.environ.get("XDG_CONFIG_HOME") or None)
     me = pwd.getpwuid(os.geteuid()).pw_name

@@ -6,10 +6,12 @@ with --dry-run; --user installs go to a HOME under tmp_path.
 
 from __future__ import annotations
 
+import configparser
 import dataclasses
 import os
 import plistlib
 import pwd
+import shlex
 import shutil
 import subprocess
 import sys
@@ -91,8 +93,10 @@ def test_systemd_unit_lines(tmp_path: Path) -> None:
     lines = units.render_systemd(p, user_unit=False).splitlines()
     config = str(tmp_path / "my config%%.toml")
     assert f'ExecStart={VENV_CTL} --config "{config}" start --foreground' in lines
-    for line in ("Type=notify", "NotifyAccess=main", "ExecReload=/bin/kill -HUP $MAINPID",
-                 "WatchdogSec=30", "Restart=on-failure", "RestartSec=2", "KillMode=mixed",
+    for line in ("Type=notify", "NotifyAccess=main",
+                 f'ExecReload={VENV_CTL} --config "{config}" reload',
+                 "WatchdogSec=30", "Restart=on-failure", "RestartSec=2",
+                 "RestartPreventExitStatus=2", "KillMode=mixed",
                  "TimeoutStartSec=150", "TimeoutStopSec=37.5", "User=docbrain",
                  "Group=docbrain", "WantedBy=multi-user.target",
                  'Environment="EMPTY="', 'Environment="SPACED=a b  c"',
@@ -151,6 +155,46 @@ def test_launchd_plist(tmp_path: Path, system: bool) -> None:
     assert plist["ExitTimeOut"] > p.stop_timeout
 
 
+# -- supervisord ---------------------------------------------------------------------------
+
+def _supervisord_split(text: str) -> list[str]:
+    """How supervisord 4.3 reads command=: %(name)s expansion (%% is a %), then POSIX shell
+    words (process.py)."""
+    return shlex.split(text.replace("%%", "%"))
+
+
+def _supervisord_environment(text: str) -> dict[str, str]:
+    """How supervisord 4.3 reads environment= (datatypes.dict_of_key_value_pairs): after
+    expansion, a non-POSIX shlex; each value loses the quote characters at its ends."""
+    lexer = shlex.shlex(text.replace("%%", "%"))
+    lexer.wordchars += "/.+-():"
+    tokens = list(lexer)
+    assert all(sep == "," for sep in tokens[3::4]) and tokens[1::4] == ["="] * len(tokens[::4])
+    return {k: v.strip("'\"") for k, v in zip(tokens[::4], tokens[2::4])}
+
+
+def test_supervisord_program(tmp_path: Path) -> None:
+    # A value that ends in a quote cannot be written: supervisord strips quotes off the ends.
+    with pytest.raises(units.UnitError, match="QUOTED='say \"hi\"' cannot be written"):
+        units.render_supervisord(params(tmp_path))
+    env = {k: v for k, v in params(tmp_path).env.items() if k != "QUOTED"}
+    p = params(tmp_path, env=MappingProxyType({**env, "INNER": 'a "b" c', "COMMA": "x,y=z"}))
+    parser = configparser.RawConfigParser(inline_comment_prefixes=(";",))
+    parser.read_string(units.render_supervisord(p))
+    assert parser.sections() == ["program:docbrain"]
+    program = dict(parser["program:docbrain"])
+    assert _supervisord_split(program["command"]) == [*p.argv(), "--no-log-to-stderr"]
+    assert _supervisord_environment(program["environment"]) == dict(p.env)  # awkward too
+    assert program["stopsignal"] == "TERM"
+    assert program["stopwaitsecs"] == "38"  # stop_timeout 7.5 s + 30 s, rounded up
+    assert program["killasgroup"] == "true" and program["stopasgroup"] == "false"
+    assert program["autorestart"] == "unexpected" and program["exitcodes"] == "0"
+    assert int(program["startsecs"]) >= 10
+    assert program["user"] == "docbrain"
+    as_root = units.render_supervisord(dataclasses.replace(p, user="root"))
+    assert "user=" not in as_root
+
+
 # -- where it goes and how it is enabled ---------------------------------------------------
 
 def test_install_paths() -> None:
@@ -165,6 +209,8 @@ def test_install_paths() -> None:
             == "/home/ann/Library/LaunchAgents/com.docbrain.supervisor.plist")
     assert (units.install_path(Target("launchd", user=False), home)
             == "/Library/LaunchDaemons/com.docbrain.supervisor.plist")
+    assert (units.install_path(Target("supervisord", user=False), home)
+            == "/etc/supervisor/conf.d/docbrain.conf")
 
 
 def test_enable_commands() -> None:
@@ -180,6 +226,8 @@ def test_enable_commands() -> None:
         c for _, c in units.enable_commands(Target("systemd", True), "/P", 501, "ann")]
     assert first(Target("launchd", True), 501) == "launchctl bootstrap gui/501 /P"
     assert first(Target("launchd", False), 501) == "sudo launchctl bootstrap system /P"
+    assert (first(Target("supervisord", False), 501)
+            == "sudo supervisorctl reread && sudo supervisorctl update docbrain")
 
 
 # -- docbrainctl install-service -----------------------------------------------------------
@@ -214,6 +262,7 @@ def test_dry_run_prints_and_writes_nothing(instance: Instance, home: Path) -> No
     assert f"--config {instance.config_path} start --foreground" in out
     for line in ('Environment="DOCBRAIN_TEST_GUARD=two words"', 'Environment="EMPTY_GUARD="',
                  'Environment="TOKENIZERS_PARALLELISM=false"',
+                 'Environment="PYTHONDONTWRITEBYTECODE=1"',
                  f'Environment="DOCBRAIN_SUPERVISOR_STATE_DIR={instance.state_dir}"'):
         assert line in out.splitlines(), line
     assert "would write /etc/systemd/system/docbrain.service" in result.stderr
@@ -278,7 +327,9 @@ def test_a_system_unit_runs_as_whoever_ran_sudo(instance: Instance, home: Path) 
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--systemd", "--launchd"], "either --systemd or --launchd"),
+    (["--systemd", "--launchd"], "give one of --systemd, --launchd"),
+    (["--launchd", "--supervisord", "--dry-run"], "give one of --launchd, --supervisord"),
+    (["--supervisord", "--user"], "supervisord has no per-user programs"),
     (["--user", "--run-as", "root"], "--run-as"),
     (["--run-as", "no-such-user-here", "--dry-run"], "no such user"),
 ])
@@ -304,3 +355,50 @@ def test_unwritable_place_is_one_line_and_exit_1(instance: Instance, home: Path,
         f"docbrainctl: cannot write {blocker}/systemd/user/docbrain.service: ")
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr
+
+
+# -- the unit's commands, run for real ---------------------------------------------------
+
+def _unit_command(unit: str, key: str) -> list[str]:
+    """The argument vector of an Exec*= line, as systemd would split it (no $ or % in it)."""
+    line = next(line for line in unit.splitlines() if line.startswith(f"{key}="))
+    return shlex.split(line.split("=", 1)[1])
+
+
+def test_exec_reload_reports_the_outcome_and_a_bad_file_stops_restarts(
+        instance: Instance, home: Path) -> None:
+    """`systemctl reload` runs ExecReload and is as good as its exit code; `Restart=` stops
+    on the exit code that a configuration error gives."""
+    instance.write_config(workers=1)
+    unit = instance.ctl("install-service", "--systemd", "--dry-run").stdout
+    reload_argv, start_argv = _unit_command(unit, "ExecReload"), _unit_command(unit, "ExecStart")
+    assert reload_argv[-1] == "reload" and start_argv[-2:] == ["start", "--foreground"]
+    prevent = int(next(line for line in unit.splitlines()
+                       if line.startswith("RestartPreventExitStatus=")).split("=")[1])
+
+    def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, env=instance.env, capture_output=True, text=True,
+                              timeout=200)
+
+    assert instance.ctl("start").returncode == 0
+    instance.wait_ready(1)
+    good = run(reload_argv)
+    assert good.returncode == 0 and good.stdout.strip().endswith("no changes"), good
+    good_config = instance.config_path.read_text()
+
+    assert "count = 1\n" in good_config
+    instance.config_path.write_text(good_config.replace("count = 1\n", "count = 0\n"))
+    refused = run(reload_argv)
+    assert refused.returncode == 2, refused
+    assert refused.stderr == "docbrainctl: workers.count: must be at least 1, got 0\n"
+    # The same file at start: the exit code that stops systemd's restarts.
+    started = run(start_argv)
+    assert started.returncode == prevent == 2 and started.stderr == refused.stderr
+
+    instance.config_path.write_text(good_config.replace(
+        "[workers]\n", '[workers]\ntasks = ["no_such_module_here"]\n'))
+    failed = run(reload_argv)
+    assert failed.returncode == 1, failed
+    assert "reload failed: " in failed.stderr and "no_such_module_here" in failed.stderr
+    assert instance.wait_ready(1)["supervisor"]["reload"]["state"] == "failed"
+    assert instance.ctl("stop").returncode == 0
