@@ -2,8 +2,8 @@
 program for this machine.
 
 It writes the file and says which command enables it; it never runs systemctl, launchctl
-or supervisorctl itself, so that nothing starts behind the user's back and the command works in a chroot or
-an image build as well.
+or supervisorctl itself, so that nothing starts behind the user's back and the command
+works in a chroot or an image build as well.
 """
 
 from __future__ import annotations

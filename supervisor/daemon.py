@@ -97,7 +97,7 @@ class Daemon:
 
     def _serve(self) -> int:
         start_helpers()
-        found = stale.clean_at_start(self.paths.state_dir)         # (1)
+        found = stale.clean_at_start(self.paths.state_dir)           # (1)
         if found:
             log.warning("cleaned up %d stale worker(s)", len(found))
         self.guards = envguard.guards(self.config)                   # (2)

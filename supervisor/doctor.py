@@ -161,7 +161,8 @@ def check_orphans(f: Facts) -> Verdict:
     if foreign:
         return Verdict(Status.WARN, foreign,
                        "start and cleanup leave them alone; if their daemon (in a container?) "
-                       f"is gone, `docbrainctl cleanup --pid PID` ends them ({_pids(f.foreign)})")
+                       "is gone, `docbrainctl cleanup --pid PID` ends them "
+                       f"({_pids(f.foreign)})")
     return Verdict(Status.PASS, "no orphaned workers")
 
 

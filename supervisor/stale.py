@@ -106,11 +106,6 @@ def survey() -> Survey:
     return Survey(tuple(found))
 
 
-def find_stale(state_dir: str | None = None) -> list[MarkedProcess]:
-    """Marked processes whose daemon is proven gone: of `state_dir`, or of any when None."""
-    return survey().stale(state_dir)
-
-
 def clean_at_start(state_dir: str, timeout: float = 5.0) -> list[MarkedProcess]:
     """The start-up cleanup: end this state_dir's stale workers; log the rest we leave."""
     found = survey()
@@ -122,10 +117,12 @@ def clean_at_start(state_dir: str, timeout: float = 5.0) -> list[MarkedProcess]:
                     len(others), ", ".join(sorted({p.marker.state_dir for p in others})),
                     " ".join(str(p.pid) for p in others))
     for item in found.unknown():
-        log.warning("left alone: worker pid %d of daemon %d in another PID namespace "
-                    "(state_dir %s), which cannot be seen from here; if that daemon is gone, "
-                    "`docbrainctl cleanup --pid %d` ends it",
-                    item.pid, item.marker.daemon_pid, item.marker.state_dir, item.pid)
+        where = ("whose marker names no PID namespace" if item.marker.pid_ns is None
+                 else "in another PID namespace")
+        log.warning("left alone: worker pid %d of daemon %d %s (state_dir %s), which cannot "
+                    "be seen from here; if that daemon is gone, `docbrainctl cleanup --pid %d` "
+                    "ends it", item.pid, item.marker.daemon_pid, where, item.marker.state_dir,
+                    item.pid)
     return terminate(stale, timeout)
 
 

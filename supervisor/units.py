@@ -240,7 +240,8 @@ def render_supervisord(params: UnitParams, header: str = HEADER) -> str:
     lines = [
         *(";" + line[1:] for line in header.splitlines()),
         "; startsecs is not readiness: supervisorctl says RUNNING once the daemon is alive",
-        f"; after {SUPERVISORD_STARTSECS} s. `docbrainctl status` says when every worker is READY.",
+        f"; after {SUPERVISORD_STARTSECS} s. `docbrainctl status` says when every worker is",
+        "; READY.",
         f"[program:{SUPERVISORD_PROGRAM}]",
         # The daemon writes its own log (docbrainctl logs; reopened on SIGUSR1):
         # supervisord's file gets only what comes before it is open, such as a bad file.
@@ -301,8 +302,9 @@ def enable_commands(target: Target, path: str, uid: int, user_name: str,
     """(what it does, the command) pairs: first the one that enables and starts the unit."""
     sudo = "" if target.user or uid == 0 else "sudo "
     if target.init == "supervisord":
+        ctl = f"{sudo}supervisorctl"
         return [("load and start it (supervisord runs it from now on, and at its own start)",
-                 f"{sudo}supervisorctl reread && {sudo}supervisorctl update {SUPERVISORD_PROGRAM}")]
+                 f"{ctl} reread && {ctl} update {SUPERVISORD_PROGRAM}")]
     if target.init == "systemd":
         ctl = f"{sudo}systemctl" + (" --user" if target.user else "")
         out = [("enable and start it",

@@ -135,6 +135,9 @@ def test_start_cleans_its_own_orphans_and_spares_everything_else(instance: Insta
         foreign_pid = planted["decoy: another PID namespace"].pid
         assert (f"left alone: worker pid {foreign_pid} of daemon {dead_pid} in another PID "
                 f"namespace (state_dir {state})") in log
+        old_pid = planted["decoy: an older marker"].pid
+        assert (f"left alone: worker pid {old_pid} of daemon {dead_pid} whose marker names no "
+                f"PID namespace (state_dir {state})") in log
         assert "/elsewhere/dead" in log and "docbrainctl cleanup --all" in log
         status = instance.wait_ready(1)
         assert status["workers"][0]["pid"] not in {p.pid for p in planted.values()}
