@@ -19,7 +19,7 @@ import psutil
 from supervisor import control, envguard, render
 from supervisor.config import ConfigError, load_config, render_example
 from supervisor.paths import StateDirError, StatePaths
-from supervisor.pidfile import running_pid
+from supervisor.pidfile import pid_is_ours, running_pid
 from supervisor.settings import Config, help_of
 
 POLL = 0.05  # seconds between checks while waiting on the daemon
@@ -179,7 +179,9 @@ def stop(ctx: click.Context, timeout: float | None) -> None:
 
 def _wait_gone(pid: int, paths: StatePaths, limit: float) -> None:
     deadline = time.monotonic() + limit
-    while running_pid(paths.pidfile) is not None or _alive(pid):
+    # A daemon in another PID namespace: its pid means nothing here; its lock does.
+    ours = pid_is_ours(paths.pidfile)
+    while running_pid(paths.pidfile) is not None or (ours and _alive(pid)):
         if time.monotonic() > deadline:
             fail(1, f"the daemon (pid {pid}) did not exit within {limit:g} s")
         time.sleep(POLL)

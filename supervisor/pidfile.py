@@ -2,6 +2,10 @@
 
 The lock, not the file's existence, says whether a daemon runs: a pidfile left by a daemon
 killed with -9 is not locked, so it does not block the next start.
+
+The file holds the daemon's pid and, on a second line, its PID namespace: a daemon in a
+container writes a pid of its own namespace, which names another process (or none) on the
+host, so a reader from elsewhere must not wait on it or signal it.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ import fcntl
 import os
 import time
 
+from supervisor.marker import pid_namespace
+
 
 class AlreadyRunning(Exception):
     def __init__(self, pid: int | None) -> None:
@@ -17,12 +23,26 @@ class AlreadyRunning(Exception):
         self.pid = pid
 
 
-def read_pid(path: str) -> int | None:
+def _words(path: str) -> list[str]:
     try:
         with open(path) as fh:
-            return int(fh.read().strip() or 0) or None
-    except (OSError, ValueError):
+            return fh.read().split()
+    except OSError:
+        return []
+
+
+def read_pid(path: str) -> int | None:
+    try:
+        return int((_words(path) or ["0"])[0]) or None
+    except ValueError:
         return None
+
+
+def pid_is_ours(path: str) -> bool:
+    """False when the pidfile's pid belongs to another PID namespace than ours (a file of
+    an older version, which names none, is taken to be ours)."""
+    words = _words(path)
+    return len(words) < 2 or not words[1].isdigit() or int(words[1]) == pid_namespace()
 
 
 def running_pid(path: str) -> int | None:
@@ -62,7 +82,8 @@ class PidFile:
                     raise AlreadyRunning(read_pid(self.path)) from None
                 time.sleep(0.02)
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        ns = pid_namespace()
+        os.write(fd, f"{os.getpid()}\n{'' if ns is None else ns}\n".encode())
         os.fsync(fd)
         self._fd = fd
 
