@@ -8,6 +8,7 @@ actions that `step` returns (spawn a process, send a signal). Every edge is labe
     READY/BUSY --RETIRE or REPLACE--> STOPPING --EXIT--> STARTING (a new process, no backoff)
     any live state --EXIT--> BACKOFF --TICK at restart_at--> STARTING
                          \\--> FATAL when the slot died flap_limit times within flap_window
+    STARTING/LOADING --LOAD_FAILED--> FATAL at once (its task modules do not import)
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Event(Enum):
     JOB_IDLE = "job_idle"    # the worker holds no job any more
     STOP = "stop"            # stop the slot for good
     EXIT = "exit"            # the process was reaped; detail says how it ended
+    LOAD_FAILED = "load_failed"  # reaped: it could not load its task modules; detail: why
     KILL = "kill"            # kill it now (a job passed its time limit); detail says why
     RETIRE = "retire"        # the worker is leaving to be replaced (recycling); detail: why
     REPLACE = "replace"      # the daemon replaces the worker (reload); detail: why
@@ -214,7 +216,13 @@ def step(slot: Slot, event: Event, now: float, policy: Policy,
         if state in (WorkerState.BACKOFF, WorkerState.FATAL):
             # BACKOFF/FATAL -> EXITED: nothing is running; just do not restart.
             return Transition(_enter(slot, WorkerState.EXITED, now, restart_at=None))
-    if event is Event.EXIT and live:
+    if event is Event.LOAD_FAILED and state in BOOTING_STATES:
+        # STARTING/LOADING -> FATAL: a configuration error; another try would fail the same.
+        why = detail or "its task modules failed to import"
+        return Transition(_enter(slot, WorkerState.FATAL, now, last_exit=why, reason=why,
+                                 killed=False, deaths=slot.deaths + (now,)),
+                          note=f"slot is FATAL, not retried: {why}")
+    if event in (Event.EXIT, Event.LOAD_FAILED) and live:
         return _exit(slot, now, detail or "exited", policy)
     if event is Event.KILL and live and not slot.killed:
         # The state stays until the process is reaped (EXIT).

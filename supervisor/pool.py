@@ -17,7 +17,8 @@ from supervisor import lifecycle, wire
 from supervisor.lifecycle import Event, Kill, Policy, Slot, Spawn, WorkerState
 from supervisor.settings import Config
 from supervisor.spare import RETRY, Spare
-from supervisor.spawner import NO_RESOURCES, Spawner, WorkerProcess, describe_exit
+from supervisor.spawner import (NO_RESOURCES, Spawner, WorkerProcess, describe_death,
+                                describe_exit, describe_load_error)
 from workers.main import WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -303,9 +304,11 @@ class WorkerPool:
             stopping = slot.state.state == WorkerState.STOPPING
             reason = slot.state.reason
             if not stopping:
-                self._canary_died(proc, f"a worker of the new configuration {detail}"
-                                  + (f": {proc.tail[-1]}" if proc.tail else ""))
-            self.apply(slot, Event.EXIT, now, detail)
+                self._canary_died(proc, "a worker of the new configuration "
+                                  + describe_death(code, slot.last_tail))
+            load_error = describe_load_error(code, proc.tail)  # not a crash: not retried
+            self.apply(slot, Event.EXIT if load_error is None else Event.LOAD_FAILED, now,
+                       load_error or detail)
             self.listener.worker_lost(slot.index, f"{detail} ({reason})" if reason else detail,
                                       count_attempt=not stopping)
         self._reconcile(now)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from supervisor import wire
-from supervisor.spawner import Spawner, WorkerProcess, describe_exit
+from supervisor.spawner import Spawner, WorkerProcess, describe_death
 from workers.main import STANDBY, WorkerSpec
 
 log = logging.getLogger("supervisor.pool")
@@ -97,9 +97,7 @@ class Spare:
             return None
         _close(proc, read)
         self.proc, self.ready = None, False
-        detail = describe_exit(code)
-        if proc.tail:
-            detail += f": {proc.tail[-1]}"
+        detail = describe_death(code, list(proc.tail))
         if retry:
             # Something kills it (a broken task module, say): retry, less and less often.
             self.due = now + self.delay

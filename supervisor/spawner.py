@@ -14,12 +14,13 @@ import multiprocessing.process
 import os
 import signal
 import sys
+from collections.abc import Iterable, Sequence
 from multiprocessing import resource_tracker
 
 import psutil
 
 from supervisor.wire import START_MARK
-from workers.main import WorkerSpec, run
+from workers.main import LOAD_FAILED, LOAD_FAILED_MARK, WorkerSpec, run
 
 WORKER_LEVELS = {name: logging.getLevelName(name)
                  for name in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
@@ -36,6 +37,24 @@ def describe_exit(code: int | None) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit code {code}"
+
+
+def describe_load_error(code: int | None, tail: Iterable[str]) -> str | None:
+    """Why a worker that exited with LOAD_FAILED could not load (its last word on stderr),
+    or None when it died otherwise: that is a crash, restarted with backoff."""
+    if code != LOAD_FAILED:
+        return None
+    said = [line.split(LOAD_FAILED_MARK, 1)[1] for line in tail if LOAD_FAILED_MARK in line]
+    return said[-1] if said else "its task modules failed to import"
+
+
+def describe_death(code: int | None, tail: Sequence[str]) -> str:
+    """How a worker ended, with its last word: `exit code 1: RuntimeError: ...`, or, for
+    one that could not load, `cannot load: task module 'x' failed to import: ...`."""
+    load_error = describe_load_error(code, tail)
+    if load_error is not None:
+        return LOAD_FAILED_MARK + load_error
+    return describe_exit(code) + (f": {tail[-1]}" if tail else "")
 
 
 class WorkerProcess:

@@ -7,6 +7,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import Instance, pid_gone, wait_for
 
 STATUS_KEYS = {"pid", "state", "uptime_s", "version", "state_dir"}
@@ -150,7 +152,7 @@ def test_status_latency_while_a_slot_crash_loops(instance: Instance, capsys) -> 
 
 
 def test_start_reports_a_worker_that_dies_while_starting(instance: Instance) -> None:
-    instance.write_task_module("broken", "raise RuntimeError('model file missing')\n")
+    instance.write_task_module("broken", "import sys\nsys.exit(3)\n")  # a death, not an error
     instance.write_config("""\
         tasks = ["broken"]
         [restart]
@@ -161,9 +163,32 @@ def test_start_reports_a_worker_that_dies_while_starting(instance: Instance) -> 
     assert result.returncode == 1
     first = result.stderr.splitlines()[0]
     assert first.startswith("docbrainctl: worker slot 0 failed to start: died 3 times")
-    assert "RuntimeError: model file missing" in result.stderr
     assert "Traceback" not in first
     # A failed start leaves nothing running.
+    wait_for(lambda: instance.daemon_pid() is None, 30, "the daemon to go")
+    assert instance.marked_pids() == []
+
+
+@pytest.mark.parametrize("source, error", [
+    ("import no_such_module_here\n",
+     "ModuleNotFoundError: No module named 'no_such_module_here'"),
+    ("raise RuntimeError('model file missing')\n", "RuntimeError: model file missing"),
+    ("def broken(:\n", "SyntaxError: "),
+], ids=["import-error", "raises", "syntax-error"])
+def test_a_task_module_that_does_not_import_fails_start_at_once(
+        instance: Instance, source: str, error: str) -> None:
+    instance.write_task_module("broken", source)
+    instance.write_config('tasks = ["broken"]\n', workers=2)  # default restart policy
+    result = instance.ctl("start")
+    assert result.returncode == 1
+    first = result.stderr.splitlines()[0]
+    assert first.startswith("docbrainctl: worker slot 0 failed to start: task module "
+                            f"'broken' failed to import: {error}"), result.stderr
+    # Not a crash: no restart, no backoff; the traceback is in the log for whoever looks.
+    log = instance.log_text
+    assert "restarting in" not in log and "slot 0: slot is FATAL, not retried" in log
+    assert log.count("slot 0: spawned worker pid") == 1
+    assert "Traceback (most recent call last)" in log
     wait_for(lambda: instance.daemon_pid() is None, 30, "the daemon to go")
     assert instance.marked_pids() == []
 

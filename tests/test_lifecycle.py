@@ -82,6 +82,9 @@ EDGES: list[tuple[WorkerState, Event, WorkerState, tuple[Action, ...]]] = [
     (S.READY, Event.EXIT, S.BACKOFF, ()),
     (S.BUSY, Event.EXIT, S.BACKOFF, ()),
     (S.STOPPING, Event.EXIT, S.EXITED, ()),
+    (S.STARTING, Event.LOAD_FAILED, S.FATAL, ()),
+    (S.LOADING, Event.LOAD_FAILED, S.FATAL, ()),
+    (S.STOPPING, Event.LOAD_FAILED, S.EXITED, ()),  # asked to stop: it did
 ]
 
 
@@ -94,6 +97,19 @@ def test_edge(start: WorkerState, event: Event, expected: WorkerState,
     assert result.slot.state == expected
     assert result.actions == actions
     assert result.slot.since == now
+
+
+def test_a_load_failure_is_fatal_at_once_with_its_reason() -> None:
+    why = "task module 'mytasks' failed to import: ModuleNotFoundError: No module named 'x'"
+    result = step(slot_in(S.LOADING), Event.LOAD_FAILED, T0 + 1, POLICY, why)
+    assert result.slot.state == S.FATAL and result.actions == ()
+    assert result.slot.reason == result.slot.last_exit == why
+    assert result.note == f"slot is FATAL, not retried: {why}"
+    # Serving workers do not load: such an exit is an ordinary death, restarted.
+    assert step(slot_in(S.READY), Event.LOAD_FAILED, T0 + 1, POLICY, why).slot.state == \
+        S.BACKOFF
+    # A reload or restart starts it again.
+    assert step(result.slot, Event.START, T0 + 2, POLICY).slot.state == S.STARTING
 
 
 def test_start_spawns_a_fresh_process_and_forgets_crash_history() -> None:
@@ -132,7 +148,7 @@ NO_FIT: list[tuple[WorkerState, Event]] = [
                                  S.BACKOFF)],
     *[(s, e) for s in (S.EXITED, S.BACKOFF, S.FATAL)
       for e in (Event.LOADING, Event.READY, Event.HEARTBEAT, Event.JOB_STARTED,
-                Event.JOB_IDLE, Event.EXIT)],
+                Event.JOB_IDLE, Event.EXIT, Event.LOAD_FAILED)],
     (S.STOPPING, Event.STOP),
     (S.EXITED, Event.STOP),
     (S.EXITED, Event.TICK),

@@ -26,11 +26,16 @@ import zmq
 from supervisor import wire
 from supervisor.marker import SLOT_ENV
 from workers import models
-from workers.tasks import Task, import_task_modules
+from workers.tasks import Task, TaskModuleError, import_task_modules
 
 log = logging.getLogger("workers")
 STANDBY = -1  # the slot of a worker spawned ahead, before any slot needs it
 MEMORY_CHECK_EVERY = 1.0  # seconds
+# The exit code of a worker whose task modules do not import (sysexits' EX_CONFIG): the
+# configuration is wrong, and starting the worker again cannot mend it, so the daemon does
+# not retry; its last stderr line says why (LOAD_FAILED_MARK, then the error).
+LOAD_FAILED = 78
+LOAD_FAILED_MARK = "cannot load: "
 # Results of quick jobs travel together: sent when the worker holds no more jobs, or when
 # this many are waiting, or when the oldest has waited this long. A job that took longer
 # than FLUSH_SLOW has its result sent at once: the message costs nothing next to the job,
@@ -138,7 +143,12 @@ class Worker:
 
             torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
             models.attach(spec.models)
-        self.tasks = import_task_modules(spec.tasks)
+        try:
+            self.tasks = import_task_modules(spec.tasks)
+        except TaskModuleError as exc:
+            traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
+            print(LOAD_FAILED_MARK + str(exc), file=sys.stderr, flush=True)
+            return LOAD_FAILED
         threading.Thread(target=_heartbeats, name="heartbeats", daemon=True, args=(
             self.ctx, spec.endpoint, self.routing_id + b":hb", spec.heartbeat_interval,
             self._stop_beats)).start()

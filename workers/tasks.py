@@ -52,8 +52,16 @@ def registered() -> dict[str, Task]:
 BUILTIN_MODULES = ("workers.builtin",)
 
 
+class TaskModuleError(Exception):
+    """A configured task module raised while it was imported; the message names it."""
+
+
 def import_task_modules(modules: Iterable[str]) -> dict[str, Task]:
     """Import the built-in and the configured task modules; returns the registry."""
     for module in (*BUILTIN_MODULES, *modules):
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # an ImportError, a SyntaxError, whatever its code raises
+            raise TaskModuleError(f"task module {module!r} failed to import: "
+                                  f"{type(exc).__name__}: {exc}") from exc
     return dict(_registry)
