@@ -19,7 +19,7 @@ import psutil
 from supervisor import control, envguard, render
 from supervisor.config import ConfigError, load_config, render_example
 from supervisor.paths import StateDirError, StatePaths
-from supervisor.pidfile import pid_is_ours, running_pid
+from supervisor.pidfile import pid_is_ours, read_pid, running_pid
 from supervisor.settings import Config, help_of
 
 POLL = 0.05  # seconds between checks while waiting on the daemon
@@ -43,10 +43,20 @@ def _paths(config: Config) -> StatePaths:
     return StatePaths.for_state_dir(config.supervisor.state_dir)
 
 
+def _not_running(paths: StatePaths) -> str:
+    """Why no daemon answers: a pidfile that no daemon holds was left by one that died
+    without stopping (a clean stop removes it)."""
+    left = read_pid(paths.pidfile)
+    if left is not None:
+        return (f"docbrain is not running; the last daemon (pid {left}) died without "
+                f"stopping (state_dir {paths.state_dir})")
+    return f"docbrain is not running (state_dir {paths.state_dir})"
+
+
 def _running(paths: StatePaths) -> int:
     pid = running_pid(paths.pidfile)
     if pid is None:
-        fail(3, f"docbrain is not running (state_dir {paths.state_dir})")
+        fail(3, _not_running(paths))
     return pid
 
 
@@ -81,7 +91,10 @@ def start(ctx: click.Context, foreground: bool, workers: int | None, log_to_stde
     paths.create()
     pid = running_pid(paths.pidfile)
     if pid is not None:
-        fail(1, f"already running (pid {pid})")
+        if foreground:  # this process was to be the daemon, and cannot be
+            fail(1, f"already running (pid {pid})")
+        click.echo(f"docbrain is already running (pid {pid})")  # as systemctl start: 0
+        return
     if foreground:
         # Imported here: the daemon pulls in zmq machinery the other commands do not need.
         from supervisor.daemon import Daemon
@@ -171,7 +184,10 @@ def stop(ctx: click.Context, timeout: float | None) -> None:
     """Stop the workers (SIGTERM, then SIGKILL) and the daemon."""
     config = _config(ctx)
     paths = _paths(config)
-    pid = _running(paths)
+    pid = running_pid(paths.pidfile)
+    if pid is None:  # as systemctl stop: nothing to do is done
+        click.echo(_not_running(paths))
+        return
     _call(config, "stop", **({} if timeout is None else {"timeout": timeout}))
     _wait_gone(pid, paths, (timeout or config.workers.stop_timeout) + 10)
     click.echo(f"docbrain stopped (pid {pid})")

@@ -51,9 +51,13 @@ def test_start_status_stop(instance: Instance) -> None:
     env = psutil.Process(worker_pids[0]).environ()
     assert GUARDS.items() <= env.items()
 
+    # As systemctl start: a running service is what was asked for.
     again = instance.ctl("start")
-    assert again.returncode == 1
-    assert f"already running (pid {status['supervisor']['pid']})" in again.stderr
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == f"docbrain is already running (pid {status['supervisor']['pid']})\n"
+    second = instance.ctl("start", "--foreground")  # this one cannot be the daemon
+    assert second.returncode == 1
+    assert f"already running (pid {status['supervisor']['pid']})" in second.stderr
 
     stopped = instance.ctl("stop")
     assert stopped.returncode == 0, stopped.stderr
@@ -63,9 +67,12 @@ def test_start_status_stop(instance: Instance) -> None:
     assert not (instance.state_dir / "docbrain.pid").exists()
     assert not list((instance.state_dir / "run").iterdir())
 
-    assert instance.ctl("status").returncode == 3
-    gone = instance.ctl("stop")
-    assert gone.returncode == 3 and "not running" in gone.stderr
+    after = instance.ctl("status")
+    assert after.returncode == 3
+    assert after.stderr == f"docbrainctl: docbrain is not running (state_dir {instance.state_dir})\n"
+    gone = instance.ctl("stop")  # as systemctl stop: nothing to stop is not a failure
+    assert gone.returncode == 0, gone.stderr
+    assert gone.stdout == f"docbrain is not running (state_dir {instance.state_dir})\n"
 
 
 def test_killed_worker_is_replaced(instance: Instance) -> None:
@@ -277,6 +284,11 @@ def test_daemon_killed_then_started_again(instance: Instance) -> None:
     # Linux: PR_SET_PDEATHSIG takes the workers down with the daemon.
     wait_for(lambda: all(pid_gone(w["pid"]) for w in old["workers"]), 30, "orphans to die")
     assert (instance.state_dir / "docbrain.pid").exists()  # stale, but not locked
+    status = instance.ctl("status")
+    assert status.returncode == 3
+    assert status.stderr == (f"docbrainctl: docbrain is not running; the last daemon (pid "
+                             f"{old['supervisor']['pid']}) died without stopping (state_dir "
+                             f"{instance.state_dir})\n")
     result = instance.ctl("start")
     assert result.returncode == 0, result.stderr
     new = instance.wait_ready(2)
