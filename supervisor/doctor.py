@@ -13,6 +13,7 @@ import enum
 import os
 import shutil
 import stat
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,6 +102,10 @@ class Facts:
         return envguard.guards(self.config)
 
 
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _pids(procs: Sequence[ProcessInfo]) -> str:
     return " ".join(str(p.pid) for p in procs)
 
@@ -122,9 +127,10 @@ def check_daemon(f: Facts) -> Verdict:
                        f"{f.status_error}", f"see `docbrainctl logs`; if it hangs, kill {pid} "
                        "and run `docbrainctl start`")
     sup, workers = f.status["supervisor"], f.status["workers"]
-    states = ", ".join(f"{w['slot']} {w['state']}" for w in workers)
+    counts = Counter(w["state"] for w in workers)
+    states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     detail = f"pid {sup['pid']} answers: {sup['state']}, up {sup['uptime_s']:.0f} s, " \
-             f"workers {states or 'none'}"
+             f"{_plural(len(workers), 'worker')}" + (f": {states}" if states else "")
     fatal = [str(w["slot"]) for w in workers if w["state"] == "FATAL"]
     if fatal:
         return Verdict(Status.WARN, detail, f"`docbrainctl logs --worker {fatal[0]}` says why "

@@ -56,6 +56,11 @@ class JobQueue:
         started = self._started.get(slot)
         return started[0][0] if started and started[0] else None
 
+    def current_since(self, slot: int) -> float | None:
+        """When the slot started the job (or batch) it runs now."""
+        started = self._started.get(slot)
+        return started[1] if started and started[0] else None
+
     def assign(self, slot: int, now: float) -> QueuedJob | None:
         """Hand the oldest pending job to `slot`."""
         if not self.pending:

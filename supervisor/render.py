@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 
@@ -38,24 +39,57 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+WIDTH = 100  # columns of the text view; `status --json` keeps everything
+
+
+def clip(text: str, width: int = WIDTH) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _job(w: dict[str, Any]) -> str:
+    """The job a worker runs now, and for how long: `embed 3f2a9c1e 4.2s`."""
+    if not w.get("current_job"):
+        return "-"
+    return f"{w.get('current_task') or '?'} {w['current_job'][:8]} " \
+           f"{duration(w.get('current_job_s'))}"
+
+
 def status(data: dict[str, Any]) -> str:
     sup = data["supervisor"]
+    workers = data["workers"]
+    serving = sum(1 for w in workers if w["state"] in ("READY", "BUSY"))
+    target = sup.get("workers_target", len(workers))
     head = (f"docbrain {sup['version']}  {sup['state']}  pid {sup['pid']}  "
-            f"up {duration(sup['uptime_s'])}  state_dir {sup['state_dir']}")
+            f"up {duration(sup['uptime_s'])}  workers {serving}/{target} serving")
+    lines = [head, clip(f"state_dir {sup['state_dir']}")]
+    queue = data.get("queue")
+    if queue:
+        lines.append("queue: " + ", ".join(f"{queue[k]:,} {k}" for k in
+                                           ("pending", "running", "done", "failed", "dead")))
     rows = []
-    for w in data["workers"]:
+    for w in workers:
         note = w["reason"] if w["state"] == "FATAL" else (w["last_exit"] or "-")
         if w.get("removing"):
             note = "removing (a smaller count)"
         cpu = "-" if w["cpu_percent"] is None else f"{w['cpu_percent']:.1f}"
         rows.append([str(w["slot"]), str(w["pid"] or "-"), w["state"], duration(w["uptime_s"]),
-                     str(w["restarts"]), size(w["rss_bytes"]), cpu, note])
-    body = table(["SLOT", "PID", "STATE", "UPTIME", "RESTARTS", "RSS", "CPU%", "LAST EXIT"], rows)
-    env = " ".join(f"{k}={v!r}" for k, v in sorted(data["env"].items()))
+                     str(w["restarts"]), size(w["rss_bytes"]), cpu, _job(w), note])
+    body = table(["SLOT", "PID", "STATE", "UPTIME", "RESTARTS", "RSS", "CPU%", "JOB",
+                  "LAST EXIT"], rows)
+    lines += [clip(line) for line in body.splitlines()]
+    for w in workers:  # the table may clip a reason: here it is whole
+        if w["state"] == "FATAL" and w["reason"]:
+            lines += textwrap.wrap(f"slot {w['slot']} is FATAL: {w['reason']}", WIDTH,
+                                   subsequent_indent="  ")
     standby = sup.get("standby")
-    spare = (f"\nstandby: pid {standby['pid']} ({'loaded' if standby['ready'] else 'loading'})"
-             if standby else "")
-    return f"{head}\n{body}{spare}{_reload(sup)}\nenv: {env}"
+    if standby:
+        lines.append(f"standby: pid {standby['pid']} "
+                     f"({'loaded' if standby['ready'] else 'loading'})")
+    lines += [clip(line) for line in _reload(sup).splitlines() if line]
+    env = " ".join(f"{k}={v!r}" for k, v in sorted(data["env"].items()))
+    lines += textwrap.wrap(env, WIDTH, initial_indent="env: ", subsequent_indent="     ",
+                           break_on_hyphens=False) or ["env:"]
+    return "\n".join(lines)
 
 
 def _reload(sup: dict[str, Any]) -> str:

@@ -76,9 +76,12 @@ class ControlRequests:
         now = time.monotonic()
         workers = self.d.pool.status(now)
         for row in workers:
-            current = self.d.broker.queue.current(row["slot"])
+            queue = self.d.broker.queue
+            current, since = queue.current(row["slot"]), queue.current_since(row["slot"])
             row["jobs_done"] = self.d.broker.jobs_done.get(row["slot"], 0)
             row["current_job"] = current.id if current else None
+            row["current_task"] = current.task if current else None
+            row["current_job_s"] = round(now - since, 3) if current and since else None
         return {
             "supervisor": {
                 "pid": self.d.pid,

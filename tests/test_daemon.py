@@ -43,8 +43,11 @@ def test_start_status_stop(instance: Instance) -> None:
     human = instance.ctl("status")
     assert human.returncode == 0
     lines = human.stdout.splitlines()
-    assert lines[1].split()[:3] == ["SLOT", "PID", "STATE"]
-    assert lines[2].split()[:3] == ["0", str(worker_pids[0]), "READY"]
+    assert lines[0].endswith("workers 2/2 serving")
+    assert lines[2] == "queue: 0 pending, 0 running, 0 done, 0 failed, 0 dead"
+    assert lines[3].split()[:3] == ["SLOT", "PID", "STATE"]
+    assert lines[4].split()[:3] == ["0", str(worker_pids[0]), "READY"]
+    assert max(len(line) for line in lines) <= 100
 
     # The guards are in the workers' real environment, set before anything imported torch.
     import psutil

@@ -17,7 +17,7 @@ from conftest import Instance
 from supervisor import envguard
 from supervisor.cli_doctor import is_celery_worker, is_daemon_cmdline
 from supervisor.doctor import (OUR_PACKAGE, Facts, ProcessInfo, Probe, Status, check_control,
-                               check_guards, check_import_name, check_orphans,
+                               check_daemon, check_guards, check_import_name, check_orphans,
                                check_start_method,
                                check_state_dir, check_torch, guard_differences, spawn_problems)
 from supervisor.marker import MARKER_ENV, InstanceMarker, pid_namespace
@@ -203,6 +203,19 @@ def test_start_method_check_with_fakes(tmp_path: Path) -> None:
         "standby pid 9 has parent 1, not the daemon 100"]
     verdict = check_start_method(_daemon_facts(tmp_path, {}, spawned, forked))
     assert verdict.status is Status.FAIL and verdict.advice
+
+
+def test_daemon_check_counts_workers_by_state(tmp_path: Path) -> None:
+    def status(*states: str) -> dict[str, Any]:
+        return {"supervisor": {"pid": 100, "state": "running", "uptime_s": 61.2},
+                "workers": [{"slot": i, "state": s} for i, s in enumerate(states)]}
+    one = check_daemon(_facts(tmp_path, daemon_pid=100, status=status("READY")))
+    assert one.status is Status.PASS
+    assert one.detail == "pid 100 answers: running, up 61 s, 1 worker: 1 READY"
+    mixed = check_daemon(_facts(tmp_path, daemon_pid=100,
+                                status=status("READY", "FATAL", "READY")))
+    assert mixed.status is Status.WARN
+    assert mixed.detail == "pid 100 answers: running, up 61 s, 3 workers: 1 FATAL, 2 READY"
 
 
 def test_orphans_check_with_fakes(tmp_path: Path) -> None:

@@ -37,10 +37,14 @@ def _worker(slot: int, state: str, **fields: Any) -> dict[str, Any]:
 STATUS = {
     "supervisor": {"pid": 777, "state": "running", "uptime_s": 3725.0, "version": "0.1.0",
                    "state_dir": "/var/state/docbrain", "config": None,
-                   "log_file": "/var/state/docbrain/logs/docbrain.log", "frames_dropped": 0},
+                   "log_file": "/var/state/docbrain/logs/docbrain.log", "frames_dropped": 0,
+                   "workers_target": 3},
+    "queue": {"pending": 1200, "running": 2, "done": 34567, "failed": 3, "dead": 0,
+              "duplicate_runs": 0},
     "workers": [
-        _worker(0, "READY", pid=1234, uptime_s=75.0, rss_bytes=512 * 1024**2,
-                cpu_percent=12.345),
+        _worker(0, "BUSY", pid=1234, uptime_s=75.0, rss_bytes=512 * 1024**2,
+                cpu_percent=12.345, current_job="3f2a9c1e00aa", current_task="embed",
+                current_job_s=4.25),
         _worker(1, "BACKOFF", restarts=12, last_exit="exit code 3"),
         _worker(2, "FATAL", restarts=4, last_exit="killed by SIGKILL",
                 reason="died 5 times within 60 s; last: killed by SIGKILL"),
@@ -48,24 +52,25 @@ STATUS = {
     "env": {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "4"},
 }
 
-HEADERS = ["SLOT", "PID", "STATE", "UPTIME", "RESTARTS", "RSS", "CPU%", "LAST EXIT"]
+HEADERS = ["SLOT", "PID", "STATE", "UPTIME", "RESTARTS", "RSS", "CPU%", "JOB", "LAST EXIT"]
 
 
 def test_status_renders_an_aligned_table() -> None:
     lines = render.status(STATUS).splitlines()
-    assert lines[0] == ("docbrain 0.1.0  running  pid 777  up 1h02m  "
-                        "state_dir /var/state/docbrain")
-    header, *rows = lines[1:5]
-    assert lines[5] == "env: OMP_NUM_THREADS='4' TOKENIZERS_PARALLELISM='false'"
-    assert len(lines) == 6
+    assert lines[0] == "docbrain 0.1.0  running  pid 777  up 1h02m  workers 1/3 serving"
+    assert lines[1] == "state_dir /var/state/docbrain"
+    assert lines[2] == "queue: 1,200 pending, 2 running, 34,567 done, 3 failed, 0 dead"
+    header, *rows = lines[3:7]
+    assert lines[7] == "slot 2 is FATAL: died 5 times within 60 s; last: killed by SIGKILL"
+    assert lines[8] == "env: OMP_NUM_THREADS='4' TOKENIZERS_PARALLELISM='false'"
+    assert len(lines) == 9
 
     starts = [header.index(h) for h in HEADERS]
     assert starts == sorted(starts) and starts[0] == 0
     expected_cells = [
-        ["0", "1234", "READY", "1m15s", "0", "512.0 MiB", "12.3", "-"],
-        ["1", "-", "BACKOFF", "-", "12", "-", "-", "exit code 3"],
-        ["2", "-", "FATAL", "-", "4", "-", "-",
-         "died 5 times within 60 s; last: killed by SIGKILL"],
+        ["0", "1234", "BUSY", "1m15s", "0", "512.0 MiB", "12.3", "embed 3f2a9c1e 4.2s", "-"],
+        ["1", "-", "BACKOFF", "-", "12", "-", "-", "-", "exit code 3"],
+        ["2", "-", "FATAL", "-", "4", "-", "-", "-", "died 5 times within 60"],  # clipped
     ]
     for row, cells in zip(rows, expected_cells):
         # Every cell starts where its column's header starts.
@@ -73,6 +78,21 @@ def test_status_renders_an_aligned_table() -> None:
             assert row[start:start + len(cell)] == cell, (row, cell)
             assert start == 0 or row[start - 1] == " "
         assert row == row.rstrip()
+
+
+def test_status_fits_100_columns() -> None:
+    long_env = {f"VARIABLE_{i}": "value " * 3 for i in range(12)}
+    data = _with({"state_dir": "/srv/" + "deep/" * 40 + "state"},
+                 [_worker(0, "FATAL", reason="died 5 times within 60 s; last: " + "x" * 200),
+                  _worker(1, "READY", pid=5)])
+    lines = render.status({**data, "env": long_env}).splitlines()
+    assert max(len(line) for line in lines) <= 100, max(lines, key=len)
+    assert lines[1].startswith("state_dir /srv/deep/") and lines[1].endswith("…")
+    reason = [line for line in lines if line.startswith(("slot 0 is FATAL", "  x"))]
+    assert "".join(reason).count("x") == 200  # whole, on lines of its own
+    env_lines = [line for line in lines if line.startswith(("env: ", "     "))]
+    assert len(env_lines) > 1
+    assert " ".join(line[5:] for line in env_lines).count("VARIABLE_") == 12
 
 
 def test_table_widths_follow_the_widest_cell() -> None:
@@ -100,4 +120,4 @@ def test_status_says_when_a_reload_runs_or_failed_and_which_slots_are_removed() 
     assert failed.splitlines()[-2] == "last reload (4) failed: model m failed to load: gone"
     removing = render.status(_with({}, [_worker(0, "READY", pid=1),
                                         _worker(1, "STOPPING", pid=2, removing=True)]))
-    assert removing.splitlines()[3].endswith("removing (a smaller count)")
+    assert removing.splitlines()[5].endswith("removing (a smaller count)")
