@@ -8,7 +8,6 @@ results -- then `dispatch` pending jobs to workers with credit left. So a job is
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from typing import Any
 import zmq
 
 from supervisor import wire
+from supervisor.control import RequestError
 from supervisor.journal import DEAD, DONE, FAILED, PENDING, RUNNING, Journal
 from supervisor.jobqueue import JobQueue, QueuedJob
 from supervisor.settings import Config
@@ -40,8 +40,11 @@ class Broker:
         q = config.queue
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        # A peer sending a bigger message is disconnected by ZeroMQ before we see it.
-        self.sock.setsockopt(zmq.MAXMSGSIZE, q.max_payload_bytes + wire.MAX_BODY)
+        # ZeroMQ silently disconnects a peer that sends a frame (not a message: each frame)
+        # over MAXMSGSIZE, and its client then hears nothing. So the bound is the protocol's
+        # own frame limit, over any body and any payload a client may send, not
+        # max_payload_bytes: a payload over that limit arrives, and gets a Rejected (_check).
+        self.sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_DATA)
         # A ROUTER drops what does not fit a client's queue: room for a big pipelined map.
         self.sock.setsockopt(zmq.SNDHWM, 200_000)
         self.sock.bind(endpoint)
@@ -71,8 +74,8 @@ class Broker:
     def drain(self) -> None:
         for frames in wire.waiting(self.sock):
             try:
-                # Size is checked in _check, to answer with a rejection; ZeroMQ's own limit
-                # (MAXMSGSIZE) already keeps what arrives bounded.
+                # Payload size is checked in _check, to answer with a rejection; ZeroMQ's own
+                # limit (MAXMSGSIZE) already keeps each frame that arrives bounded.
                 message = wire.decode(frames[1:])
             except wire.ProtocolError as exc:
                 self.dropped += 1
@@ -111,11 +114,11 @@ class Broker:
             return "job id must be 1 to 128 characters"
         if task not in self.catalog:
             return f"unknown task {task!r} (known: {', '.join(sorted(self.catalog))})"
-        limit = self.config.queue.max_payload_bytes
+        limit = wire.payload_limit(self.config.queue.max_payload_bytes)
         if len(data) > limit:
             return f"payload is {len(data)} bytes (limit {limit})"
         try:
-            json.loads(data)
+            wire.loads(data)  # strict: NaN and Infinity are refused too
         except (ValueError, RecursionError) as exc:
             return f"payload is not JSON: {exc}"
         return None
@@ -278,7 +281,11 @@ class Broker:
         if running is not None:
             info.update(state=RUNNING, slot=running.slot, runs=running.runs)
         if stored.result is not None:
-            info["result"] = json.loads(stored.result)
+            try:
+                info["result"] = wire.loads(stored.result)
+            except ValueError as exc:  # only an older version let a worker store NaN
+                raise RequestError(f"job {job_id}: its stored result is not JSON: {exc}") \
+                    from None
         return info
 
     def close(self) -> None:

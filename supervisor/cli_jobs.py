@@ -9,31 +9,38 @@ from typing import IO, Any
 
 import click
 
-from supervisor import render
+from supervisor import render, wire
 from supervisor.cli import _call, _config, _paths, _running, cli, fail
-from supervisor.client import Client, DaemonNotRunning, JobDead, JobError, JobFailed, JobRejected
+from supervisor.client import (Client, DaemonNotRunning, JobDead, JobError, JobFailed,
+                               JobRejected, encode_payload)
 from supervisor.journal import STATES
+from supervisor.settings import Config
 
 
 def _parse_json(text: str, where: str) -> Any:
     try:
-        return json.loads(text)
-    except ValueError as exc:
+        return wire.loads(text)  # strict: NaN and Infinity are not JSON either
+    except (ValueError, RecursionError) as exc:
         fail(2, f"{where} is not JSON: {exc}")
 
 
-def _read_jsonl(path: str) -> list[Any]:
-    """Every line of the input, parsed; a bad line stops everything before a job is sent."""
+def _read_jsonl(path: str, limit: int) -> list[Any]:
+    """Every line of the input, parsed and checked as the client will check it; a bad line
+    stops everything before a job is sent."""
     payloads = []
     with open(path, encoding="utf-8") as fh:
         for number, line in enumerate(fh, 1):
             if line.strip():
-                payloads.append(_parse_json(line, f"{path} line {number}"))
+                payload = _parse_json(line, f"{path} line {number}")
+                try:
+                    encode_payload(payload, limit)
+                except ValueError as exc:
+                    fail(2, f"rejected: {path} line {number}: {exc}")
+                payloads.append(payload)
     return payloads
 
 
-def _client(ctx: click.Context) -> Client:
-    config = _config(ctx)
+def _client(config: Config) -> Client:
     _running(_paths(config))
     try:
         return Client(config)
@@ -60,19 +67,23 @@ def submit(ctx: click.Context, task: str, payload_json: str | None, wait: bool,
         fail(2, "give either PAYLOAD_JSON or --input, not both")
     if output_path and not input_path:
         fail(2, "--output needs --input")
+    config = _config(ctx)
     if input_path:
-        payloads = _read_jsonl(input_path)
-        with _client(ctx) as client:
-            if output_path:
-                with open(output_path, "w", encoding="utf-8") as out:
-                    code = _submit_many(client, task, payloads, out, timeout)
-            else:
-                code = _submit_many(client, task, payloads, sys.stdout, timeout)
+        payloads = _read_jsonl(input_path, wire.payload_limit(config.queue.max_payload_bytes))
+        with _client(config) as client:
+            try:
+                if output_path:
+                    with open(output_path, "w", encoding="utf-8") as out:
+                        code = _submit_many(client, task, payloads, out, timeout)
+                else:
+                    code = _submit_many(client, task, payloads, sys.stdout, timeout)
+            except TimeoutError as exc:  # --timeout, or a submit never answered
+                fail(1, str(exc))
         if code:
             fail(code, "some jobs did not end done; see their lines in the output")
         return
     payload = None if payload_json is None else _parse_json(payload_json, "PAYLOAD_JSON")
-    with _client(ctx) as client:
+    with _client(config) as client:
         try:
             job_id = client.submit(task, payload)
             if not wait:

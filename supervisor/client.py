@@ -9,16 +9,21 @@
 Jobs are at-least-once: a job whose worker dies is run again, so tasks should be
 idempotent. Submits carry an id chosen here, so the client can resend them safely (it does,
 when the daemon is restarted under it) without creating a second job.
+
+Payloads are checked here before anything is sent, as the daemon checks them: strict JSON
+(no NaN or Infinity) of at most `queue.max_payload_bytes`. A submit that the daemon neither
+accepts nor rejects within `ack_timeout` seconds (resends included) is an error, never an
+endless wait; the wait for the result of an accepted job has no limit unless given one.
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
-import json
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -30,6 +35,9 @@ from supervisor.pidfile import running_pid
 from supervisor.settings import Config
 
 RESEND_AFTER = 2.0   # seconds without an answer before a request is sent again
+# Seconds a submit may go unanswered, resends included. Long enough for a daemon restarted
+# under a map (kill -9, then start: workers READY in about 10 s with the default model).
+ACK_TIMEOUT = 60.0
 SUBMIT_CHUNK = 256   # jobs in one Submit message at most
 
 
@@ -43,6 +51,19 @@ class JobError(Exception):
 
 class JobRejected(JobError):
     """The daemon refused the submit (unknown task, payload not JSON or too big)."""
+
+
+class PayloadError(JobRejected, ValueError):
+    """Refused here, before sending, in the daemon's words: the payload is not strict JSON
+    or is over the size limit. Nothing was sent."""
+
+
+class NotAcknowledged(TimeoutError):
+    """The daemon neither accepted nor rejected a submit in time, resends included."""
+
+    def __init__(self, job_id: str, message: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
 
 
 class JobFailed(JobError):
@@ -67,9 +88,34 @@ class DaemonNotRunning(ConnectionError):
     pass
 
 
+def encode_payload(payload: Any, limit: int) -> bytes:
+    """The payload as a Client sends it; ValueError, in the daemon's words, if it is not
+    strict JSON or is over `limit` bytes (TypeError: JSON cannot carry it at all)."""
+    try:
+        data = wire.dumps(payload)
+    except ValueError as exc:
+        raise ValueError(f"payload is not JSON: {exc}") from None
+    if len(data) > limit:
+        raise ValueError(f"payload is {len(data)} bytes (limit {limit})")
+    return data
+
+
+@dataclass
+class _Sent:
+    """A submit not answered yet."""
+    task: str
+    data: bytes
+    first: float  # when first sent: its answer is due ack_timeout later
+    last: float   # when last sent
+    sends: int = 1
+
+
 def _outcome(job_id: str, state: str, error: dict[str, Any] | None, data: bytes) -> Any:
     if state == "done":
-        return json.loads(data)
+        try:
+            return wire.loads(data)
+        except ValueError as exc:  # only an older version let a worker store NaN
+            raise ValueError(f"the result of job {job_id} is not JSON: {exc}") from None
     error = error or {}
     if state == "failed":
         raise JobFailed(job_id, error)
@@ -79,23 +125,28 @@ def _outcome(job_id: str, state: str, error: dict[str, Any] | None, data: bytes)
 
 
 class Client:
-    def __init__(self, config: Config | str | None = None, *, window: int = 1000) -> None:
+    def __init__(self, config: Config | str | None = None, *, window: int = 1000,
+                 ack_timeout: float = ACK_TIMEOUT) -> None:
         if not isinstance(config, Config):
             config = load_config(config)
         self.config = config
         paths = StatePaths.for_state_dir(config.supervisor.state_dir)
+        self._paths = paths
         if running_pid(paths.pidfile) is None:
             raise DaemonNotRunning(f"docbrain is not running (state_dir {paths.state_dir})")
         self.window = window
+        self.ack_timeout = ack_timeout
+        # What the daemon accepts if it runs with this configuration: it checks again.
+        self.payload_limit = wire.payload_limit(config.queue.max_payload_bytes)
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.connect(paths.endpoint("queue"))
-        # Unanswered requests: job id -> (the Submit's frames, or None for a Wait; sent at).
-        self._unacked: dict[str, tuple[str, bytes, float]] = {}  # id -> task, payload, sent at
-        self._waiting: dict[str, float] = {}                     # id -> result last asked at
-        self._acks: dict[str, wire.Rejected | None] = {}         # None: accepted
+        self._unacked: dict[str, _Sent] = {}               # submits not answered yet
+        self._waiting: dict[str, float] = {}               # id -> result last asked at
+        self._acks: dict[str, JobRejected | None] = {}     # None: accepted
         self._results: dict[str, tuple[str, dict[str, Any] | None, bytes]] = {}
+        self._next_resend = 0.0
 
     def close(self) -> None:
         self.sock.close()
@@ -108,10 +159,16 @@ class Client:
 
     # -- the API -------------------------------------------------------------------------
 
-    def submit(self, task: str, payload: Any = None, timeout: float = 30.0) -> str:
-        """Submit one job; returns its id once the daemon has committed it."""
+    def submit(self, task: str, payload: Any = None, timeout: float | None = None) -> str:
+        """Submit one job; returns its id once the daemon has committed it. Raises
+        PayloadError (nothing sent), JobRejected, or NotAcknowledged after `timeout`
+        seconds (default: ack_timeout) without an answer."""
         job_id = self.submit_nowait(task, payload)
-        self._wait_for(lambda: job_id in self._acks, timeout, f"the daemon to accept {job_id}")
+        limit = self.ack_timeout if timeout is None else timeout
+        try:
+            self._wait_for(lambda: job_id in self._acks, limit, "")
+        except TimeoutError:
+            raise self._not_acknowledged(job_id) from None
         self._check_ack(job_id)
         return job_id
 
@@ -120,19 +177,27 @@ class Client:
         return self.submit_many_nowait(task, [payload])[0]
 
     def submit_many_nowait(self, task: str, payloads: list[Any]) -> list[str]:
-        """Send jobs of one task in one message, without waiting for their acknowledgement."""
-        # Not JSON-serialisable: TypeError here, and nothing is sent.
-        data = [json.dumps(p).encode() for p in payloads]
+        """Send jobs of one task, without waiting for their acknowledgement. Every payload
+        is checked first: PayloadError or TypeError, and nothing is sent."""
         ids = [uuid.uuid4().hex for _ in payloads]
-        self._send_submit(task, ids, data)
+        data = []
+        for index, (job_id, payload) in enumerate(zip(ids, payloads)):
+            try:
+                data.append(encode_payload(payload, self.payload_limit))
+            except ValueError as exc:
+                where = f"payloads[{index}]: " if len(payloads) > 1 else ""
+                raise PayloadError(job_id, f"{where}{exc}") from None
+        self._send_submit(task, list(zip(ids, data)))
         return ids
 
     def result(self, job_id: str, timeout: float | None = None) -> Any:
-        """The job's return value; raises JobFailed, JobDead, or TimeoutError."""
+        """The job's return value; raises JobFailed, JobDead, TimeoutError after `timeout`
+        (default: none), or NotAcknowledged if the job was never accepted or rejected."""
         if job_id not in self._results and job_id not in self._unacked and \
                 job_id not in self._waiting:  # ours are pushed: submits ask for that
             self._send_wait([job_id])
-        self._wait_for(lambda: job_id in self._results, timeout, f"the result of {job_id}")
+        self._wait_for(lambda: job_id in self._results, timeout, f"the result of {job_id}",
+                       ack_of=job_id)
         return _outcome(job_id, *self._results.pop(job_id))
 
     def map(self, task: str, payloads: Iterable[Any], timeout: float | None = None,
@@ -140,7 +205,8 @@ class Client:
         """Submit a job per payload, pipelined, and yield the results in input order.
 
         With return_exceptions, a failed, dead or rejected job yields its exception
-        instead of raising it.
+        instead of raising it; a payload refused here (PayloadError) is such a rejected job,
+        and is not sent. NotAcknowledged and TimeoutError are raised.
         """
         for _job_id, value in self.map_with_ids(task, payloads, timeout, return_exceptions):
             yield value
@@ -157,15 +223,15 @@ class Client:
                 chunk = list(itertools.islice(source, min(room, SUBMIT_CHUNK)))
                 exhausted = len(chunk) < min(room, SUBMIT_CHUNK)
                 if chunk:
-                    outstanding.extend(self.submit_many_nowait(task, chunk))
+                    outstanding.extend(self._submit_chunk(task, chunk))
                 continue
             if not outstanding:
                 return
             head = outstanding.popleft()
             try:
                 self._wait_for(lambda: head in self._results or
-                               isinstance(self._acks.get(head), wire.Rejected),
-                               timeout, f"the result of {head}")
+                               self._acks.get(head) is not None,
+                               timeout, f"the result of {head}", ack_of=head)
                 self._check_ack(head)
                 value = _outcome(head, *self._results.pop(head))
             except JobError as exc:
@@ -176,12 +242,32 @@ class Client:
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _send_submit(self, task: str, ids: list[str], data: list[bytes]) -> None:
-        self.sock.send_multipart(wire.encode(wire.Submit(ids=ids, task=task, wait=True,
-                                                         data=data)))
+    def _submit_chunk(self, task: str, payloads: list[Any]) -> list[str]:
+        """Send what passes the checks; the others are rejected here, in their place."""
+        ids = [uuid.uuid4().hex for _ in payloads]
+        jobs = []
+        for job_id, payload in zip(ids, payloads):
+            try:
+                jobs.append((job_id, encode_payload(payload, self.payload_limit)))
+            except ValueError as exc:
+                self._acks[job_id] = PayloadError(job_id, str(exc))
+        self._send_submit(task, jobs)
+        return ids
+
+    def _send_submit(self, task: str, jobs: list[tuple[str, bytes]]) -> None:
+        def build(part: list[tuple[str, bytes]]) -> wire.Submit:
+            return wire.Submit(ids=[j for j, _ in part], task=task, wait=True,
+                               data=[d for _, d in part])
+        # Several messages where one body would be over MAX_BODY (a big resend).
+        for frames in wire.encode_many(build, jobs):
+            self.sock.send_multipart(frames)
         now = time.monotonic()
-        for job_id, item in zip(ids, data):
-            self._unacked[job_id] = (task, item, now)
+        for job_id, item in jobs:
+            sent = self._unacked.get(job_id)
+            if sent is None:
+                self._unacked[job_id] = _Sent(task, item, now, now)
+            else:
+                sent.last, sent.sends = now, sent.sends + 1
 
     def _send_wait(self, ids: list[str]) -> None:
         self.sock.send_multipart(wire.encode(wire.Wait(ids=ids)))
@@ -191,18 +277,42 @@ class Client:
 
     def _check_ack(self, job_id: str) -> None:
         ack = self._acks.pop(job_id, None)
-        if isinstance(ack, wire.Rejected):
-            raise JobRejected(job_id, ack.error)
+        if ack is not None:
+            raise ack
 
-    def _wait_for(self, done: Any, timeout: float | None, what: str) -> None:
+    def _not_acknowledged(self, job_id: str) -> NotAcknowledged:
+        sent = self._unacked.pop(job_id, None)  # given up: no more resends
+        waited = time.monotonic() - sent.first if sent else self.ack_timeout
+        if running_pid(self._paths.pidfile) is None:
+            cause = f"the daemon is not running (state_dir {self._paths.state_dir})"
+        else:
+            cause = ("the daemon runs but did not answer: no worker has become READY (see "
+                     "docbrainctl status), it is stuck, or it dropped the message unread (an "
+                     "older daemon does so with a payload over its ZeroMQ MAXMSGSIZE)")
+        sends = sent.sends if sent else 1
+        return NotAcknowledged(job_id, f"no answer from the daemon to the submit of job "
+                               f"{job_id} in {waited:.0f} s ({sends} sends): {cause}")
+
+    def _wait_for(self, done: Any, timeout: float | None, what: str,
+                  ack_of: str | None = None) -> None:
+        """Poll until done(); TimeoutError after `timeout`, and NotAcknowledged if the
+        submit of `ack_of` is still unanswered after ack_timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not done():
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
             wait = RESEND_AFTER if deadline is None else min(RESEND_AFTER, deadline - now)
+            sent = self._unacked.get(ack_of) if ack_of is not None else None
+            if ack_of is not None and sent is not None:
+                if now - sent.first >= self.ack_timeout:
+                    raise self._not_acknowledged(ack_of)
+                wait = min(wait, sent.first + self.ack_timeout - now)
             if self.sock.poll(int(wait * 1000) + 1):
                 self._receive()
+                # Answers to others keep coming: a dropped submit must still go again.
+                if now >= self._next_resend:
+                    self._resend(waits=False)
             else:
                 self._resend()
 
@@ -220,7 +330,7 @@ class Client:
                             job_id not in self._results:
                         self._waiting[job_id] = now  # now it is its result we wait for
             elif isinstance(message, wire.Rejected):
-                self._acks[message.id] = message
+                self._acks[message.id] = JobRejected(message.id, message.error)
                 self._unacked.pop(message.id, None)
             elif isinstance(message, wire.JobResult):
                 for end in zip(message.ids, message.states, message.errors, message.data):
@@ -228,17 +338,19 @@ class Client:
                     self._unacked.pop(end[0], None)
                     self._waiting.pop(end[0], None)
 
-    def _resend(self) -> None:
-        """Nothing heard for a while: the daemon may have been restarted; ask again."""
+    def _resend(self, waits: bool = True) -> None:
+        """Unanswered for a while: the daemon may have been restarted, or have dropped the
+        message; ask again. Waits only after a silence: results may just be slow."""
         now = time.monotonic()
-        by_task: dict[str, tuple[list[str], list[bytes]]] = {}
-        for job_id, (task, data, sent_at) in self._unacked.items():
-            if now - sent_at >= RESEND_AFTER:
-                ids, items = by_task.setdefault(task, ([], []))
-                ids.append(job_id)
-                items.append(data)
-        for task, (ids, items) in by_task.items():
-            self._send_submit(task, ids, items)
+        self._next_resend = now + RESEND_AFTER
+        by_task: dict[str, list[tuple[str, bytes]]] = {}
+        for job_id, sent in self._unacked.items():
+            if now - sent.last >= RESEND_AFTER:
+                by_task.setdefault(sent.task, []).append((job_id, sent.data))
+        for task, jobs in by_task.items():
+            self._send_submit(task, jobs)
+        if not waits:
+            return
         stale = [job_id for job_id, asked in self._waiting.items() if now - asked >= RESEND_AFTER]
         if stale:
             self._send_wait(stale)

@@ -25,6 +25,10 @@ Control channel (docbrainctl REQ -> daemon ROUTER ``control.sock``):
 Anything else -- a wrong version, an unknown command, a body or data frame over its limit,
 a field of the wrong type, lists that do not match the data frames -- raises `ProtocolError`; socket owners drop such input and
 count it. Whether a data frame is valid JSON is checked where it matters (at submit).
+
+JSON here is strict (RFC 8259): `dumps` and `loads` refuse NaN, Infinity and -Infinity, which
+Python's json module writes and reads by default but no other JSON reader need accept. Bodies
+are decoded with `loads`, so no message ever yields such a float.
 """
 
 from __future__ import annotations
@@ -208,6 +212,40 @@ _REQUIRED: dict[type, frozenset[str]] = {
 _DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+# Built once: json.loads(..., parse_constant=...) would build a decoder per call.
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_STRICT_ENCODER = json.JSONEncoder(allow_nan=False)
+
+
+def loads(data: bytes | str) -> Any:
+    """json.loads, refusing NaN, Infinity and -Infinity (ValueError)."""
+    if isinstance(data, (bytes, bytearray)):
+        # As json.loads does: UTF-8, -16 or -32, told apart by the first bytes.
+        data = data.decode(json.detect_encoding(data), "surrogatepass")
+    return _STRICT_DECODER.decode(data)
+
+
+def dumps(value: Any) -> bytes:
+    """json.dumps (its default spacing) as bytes; ValueError for a NaN or infinite float,
+    TypeError for what JSON cannot carry at all."""
+    try:
+        return _STRICT_ENCODER.encode(value).encode()
+    except ValueError as exc:
+        if str(exc).startswith("Out of range float"):  # json's wording names no value
+            raise ValueError("NaN and Infinity are not JSON values") from None
+        raise
+
+
+def payload_limit(configured: int) -> int:
+    """The largest payload accepted: `queue.max_payload_bytes`, but never more than a data
+    frame may carry, or a worker could not read the Job that carries it."""
+    return min(configured, MAX_DATA)
+
+
 def encode(message: Message, max_data: int = MAX_DATA) -> list[bytes]:
     cls = type(message)
     body = _DUMPS({k: getattr(message, k) for k in _HINTS[cls]}).encode()
@@ -273,7 +311,7 @@ def decode(frames: list[bytes], max_data: int = MAX_DATA) -> Message:
     if len(body) > MAX_BODY:
         raise ProtocolError(f"body is {len(body)} bytes (limit {MAX_BODY})")
     try:
-        data = json.loads(body)
+        data = loads(body)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(f"body is not JSON: {exc}") from None
     if not isinstance(data, dict):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import json
 import logging
 import os
 import signal
@@ -242,7 +241,7 @@ class Worker:
         _announce(batch)
         started = time.monotonic()
         try:
-            values = task.fn([json.loads(j.data) for j in batch])
+            values = task.fn([wire.loads(j.data) for j in batch])
             if not isinstance(values, list) or len(values) != len(batch):
                 raise TypeError(f"batch task {task.name} returned {type(values).__name__}, "
                                 f"not a list of {len(batch)} results")
@@ -267,7 +266,7 @@ class Worker:
         try:
             if task is None:
                 raise LookupError(f"this worker has no task {job.task!r}")
-            value = task.fn(json.loads(job.data))
+            value = task.fn(wire.loads(job.data))
             return _success(job.id, value, time.monotonic() - started)
         except Exception as exc:  # the task's failure is the job's result, not ours
             return _failure(job.id, exc, time.monotonic() - started)
@@ -313,7 +312,10 @@ def _results(outcomes: list[Outcome]) -> wire.Result:
 
 
 def _success(job_id: str, value: Any, seconds: float) -> Outcome:
-    data = json.dumps(value).encode()  # TypeError/ValueError: the job fails
+    try:
+        data = wire.dumps(value)  # TypeError too: the job fails
+    except ValueError as exc:  # NaN or Infinity, or a circular reference: strict JSON only
+        raise ValueError(f"result is not JSON: {exc}") from None
     if len(data) > wire.MAX_DATA:
         raise ValueError(f"result is {len(data)} bytes of JSON (limit {wire.MAX_DATA})")
     return (job_id, True, None, data, seconds)
