@@ -20,7 +20,7 @@ from supervisor import control, envguard, render
 from supervisor.config import ConfigError, load_config, render_example
 from supervisor.paths import StateDirError, StatePaths
 from supervisor.pidfile import pid_is_ours, read_pid, running_pid
-from supervisor.settings import Config, help_of
+from supervisor.settings import Config, bounds_of, check_of, help_of
 
 POLL = 0.05  # seconds between checks while waiting on the daemon
 
@@ -35,8 +35,32 @@ def fail(code: int, message: str, details: list[str] | None = None) -> NoReturn:
     raise CliExit(code, message, details)
 
 
+class SettingRange(click.IntRange):
+    """A number flag or argument that sets a bounded setting: click shows the setting's
+    bounds in --help, and a value outside them is refused as the file's would be."""
+
+    def __init__(self, section: str, key: str) -> None:
+        super().__init__(*bounds_of(section, key))
+        self.key, self.check = f"{section}.{key}", check_of(section, key)
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        number = click.INT.convert(value, param, ctx)
+        problem = self.check(number) if self.check else None
+        if problem:
+            raise ConfigError(f"{self.key}: {problem}")
+        return number
+
+
+WORKERS = SettingRange("workers", "count")
+
+
 def _config(ctx: click.Context, workers: int | None = None) -> Config:
-    return load_config(ctx.obj["config_path"], overrides={"workers.count": workers})
+    config = load_config(ctx.obj["config_path"], overrides={"workers.count": workers})
+    # install-service writes a unit that may run as another account: whether we could
+    # write state_dir says nothing about it, but a file in its place is wrong for anyone.
+    _paths(config).check(writable=ctx.info_name != "install-service")
+    return config
 
 
 def _paths(config: Config) -> StatePaths:
@@ -81,7 +105,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 @cli.command()
 @click.option("--foreground", is_flag=True, help="Run in this terminal (for systemd, launchd, "
               "containers); logs go to stderr as well as the log file.")
-@click.option("--workers", type=int, default=None, help=help_of("workers", "count"))
+@click.option("--workers", type=WORKERS, default=None, help=help_of("workers", "count"))
 @click.option("--log-to-stderr/--no-log-to-stderr", default=True, hidden=True)
 @click.pass_context
 def start(ctx: click.Context, foreground: bool, workers: int | None, log_to_stderr: bool) -> None:
@@ -211,7 +235,7 @@ def _alive(pid: int) -> bool:
 
 
 @cli.command()
-@click.option("--workers", type=int, default=None, help=help_of("workers", "count"))
+@click.option("--workers", type=WORKERS, default=None, help=help_of("workers", "count"))
 @click.pass_context
 def restart(ctx: click.Context, workers: int | None) -> None:
     """Stop the daemon if it runs, then start it (this also clears FATAL slots)."""
@@ -261,11 +285,20 @@ def main() -> None:
             click.echo(f"  {line}", err=True)
         sys.exit(exc.code)
     except (ConfigError, StateDirError) as exc:
+        # A state_dir that cannot be used is a configuration error too: it will not go
+        # away by trying again (and systemd's RestartPreventExitStatus=2 stops retrying).
         click.echo(f"docbrainctl: {exc}", err=True)
-        sys.exit(2 if isinstance(exc, ConfigError) else 1)
+        sys.exit(2)
     except click.exceptions.Abort:
         click.echo("docbrainctl: aborted", err=True)
         sys.exit(1)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx else ""
+        click.echo(f"docbrainctl: {exc.format_message()}{hint}", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

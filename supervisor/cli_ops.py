@@ -12,9 +12,9 @@ from typing import Any
 import click
 
 from supervisor import stale
-from supervisor.cli import POLL, _call, _config, _paths, _running, cli, fail
+from supervisor.cli import POLL, WORKERS, _call, _config, _paths, _running, cli, fail
 from supervisor.marker import MARKER_ENV, DaemonState
-from supervisor.settings import MAX_WORKERS, Config
+from supervisor.settings import Config
 
 
 def _wait(config: Config, done: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
@@ -66,7 +66,7 @@ def reload(ctx: click.Context, no_wait: bool) -> None:
 
 
 @cli.command()
-@click.argument("count", type=click.IntRange(1, MAX_WORKERS))
+@click.argument("count", type=WORKERS)
 @click.option("--no-wait", is_flag=True, help="Return without waiting for the workers.")
 @click.pass_context
 def scale(ctx: click.Context, count: int, no_wait: bool) -> None:

@@ -7,6 +7,7 @@ what is wrong with it; nothing is started when loading fails.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import textwrap
@@ -17,13 +18,22 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from supervisor.settings import DEFAULT_MODELS, FORBIDDEN_ENV, SECTIONS, Config, ModelSettings
+from supervisor.marker import MARKER_ENV, SLOT_ENV
+from supervisor.settings import (DEFAULT_MODELS, FORBIDDEN_ENV, SECTIONS, Between, Config,
+                                 ModelSettings)
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 CONFIG_ENV = "DOCBRAIN_CONFIG"
 ENV_PREFIX = "DOCBRAIN_"
+ENV_SECTION = ENV_PREFIX + "ENV_"  # DOCBRAIN_ENV_<NAME> sets [env] NAME
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# DOCBRAIN_ variables of ours that are not settings: every worker inherits the marker and
+# its slot, and may run docbrainctl or load the configuration itself.
+NOT_SETTINGS = frozenset({CONFIG_ENV, MARKER_ENV, SLOT_ENV})
+# How alike (difflib's ratio, without the prefix) a name must be to a setting's variable to
+# be taken for a misspelling of it: DOCBRAIN_WORKER_COUNT is, DOCBRAIN_TEST_GUARD is not.
+_NEAR_MISS = 0.8
 
 
 class ConfigError(Exception):
@@ -86,9 +96,41 @@ def _field_types(section_cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
 
 
+def setting_var(section: str, key: str) -> str:
+    return f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+
+
+def unknown_setting_var(var: str) -> str | None:
+    """What is wrong with a DOCBRAIN_ variable that looks like a setting but names none.
+
+    Only names in a section's namespace (DOCBRAIN_WORKERS_...) or near misses of a real
+    setting are ours to refuse: any other DOCBRAIN_ variable may belong to the rest of
+    DocBrain or to a task, and passes through to the workers untouched.
+    """
+    if not var.startswith(ENV_PREFIX) or var in NOT_SETTINGS or var.startswith(ENV_SECTION):
+        return None
+    known = {setting_var(section, f.name): f"{section.upper()}_{f.name.upper()}"
+             for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+    if var in known:
+        return None
+    rest = var[len(ENV_PREFIX):]
+    if rest.startswith("MODELS_"):
+        return "[models] can be set in the configuration file only"
+    close = difflib.get_close_matches(rest, known.values(), n=1, cutoff=_NEAR_MISS)
+    if close:
+        return f"no such setting; did you mean {ENV_PREFIX}{close[0]}?"
+    if any(rest.startswith(section.upper() + "_") for section in SECTIONS):
+        return "no such setting"
+    return None
+
+
 def _env_entry(name: Any, value: Any, where: str) -> tuple[str, str]:
     if not isinstance(name, str) or not _ENV_NAME.match(name):
         raise ConfigError(f"{where}: {name!r} is not a valid environment variable name")
+    # The workers get it, and their own docbrainctl or load_config would refuse it.
+    problem = unknown_setting_var(name)
+    if problem:
+        raise ConfigError(f"{where}: {name}: {problem}")
     if name in FORBIDDEN_ENV:
         raise ConfigError(f"{where}: {name} must not be set: it hides the fork-after-init crash "
                           "instead of avoiding it")
@@ -156,14 +198,18 @@ def load_config(
                     raise ConfigError(f"{section}.{key}: unknown key")
                 values[section][key] = _coerce(value, types[key], f"{section}.{key}")
 
+    for var in sorted(environ):  # sorted: the same variable is named first every time
+        problem = unknown_setting_var(var)
+        if problem:
+            raise ConfigError(f"{var}: {problem}")
     for section, cls in SECTIONS.items():
         for key, kind in _field_types(cls).items():
-            var = f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+            var = setting_var(section, key)
             if var in environ:
                 values[section][key] = _parse_env_value(environ[var], kind, var)
     for var, text in environ.items():
-        if var.startswith(ENV_PREFIX + "ENV_") and len(var) > len(ENV_PREFIX) + 4:
-            name, value = _env_entry(var[len(ENV_PREFIX) + 4:], text, var)
+        if var.startswith(ENV_SECTION):
+            name, value = _env_entry(var[len(ENV_SECTION):], text, var)
             env_vars[name] = value
 
     for dotted, value in (overrides or {}).items():
@@ -246,8 +292,11 @@ def render_example(guard_defaults: Mapping[str, str]) -> str:
         lines.append(f"[{section}]")
         defaults = cls()
         for f in dataclasses.fields(cls):
-            lines += textwrap.wrap(str(f.metadata["help"]), 88, initial_indent="# ",
-                                   subsequent_indent="# ")
+            text = str(f.metadata["help"])
+            check = f.metadata["check"]
+            if isinstance(check, Between):
+                text += f" From {check.low} to {check.high}."
+            lines += textwrap.wrap(text, 88, initial_indent="# ", subsequent_indent="# ")
             lines.append(f"{f.name} = {_toml_value(getattr(defaults, f.name))}")
         lines.append("")
     lines += [

@@ -30,6 +30,21 @@ def above(low: float) -> Check:
     return lambda v: None if v > low else f"must be greater than {low}, got {v}"
 
 
+class Between:
+    """A check with bounds that others can read: the CLI gives them to click, so that a
+    flag and the file refuse the same values."""
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low, high
+
+    def __call__(self, value: Any) -> str | None:
+        if value < self.low:
+            return f"must be at least {self.low}, got {value}"
+        if value > self.high:
+            return f"must be at most {self.high}, got {value}"
+        return None
+
+
 def one_of(*choices: str) -> Check:
     return lambda v: None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
 
@@ -55,7 +70,9 @@ class SupervisorSettings:
 
 @dataclass(frozen=True)
 class WorkersSettings:
-    count: int = _setting(2, "Number of worker processes.", at_least(1))
+    # The upper bound keeps a typo (100000) from spawning a process per slot until the
+    # machine gives out.
+    count: int = _setting(2, "Number of worker processes.", Between(1, 256))
     tasks: tuple[str, ...] = _setting(
         (), "Python modules every worker imports at start-up (they register tasks)."
     )
@@ -183,7 +200,6 @@ SECTIONS: Mapping[str, type] = MappingProxyType({
     "metrics": MetricsSettings,
 })
 
-MAX_WORKERS = 256  # the most workers `docbrainctl scale` accepts
 
 # Variables that must never be set: it hides the fork-after-ObjC-init crash instead of
 # avoiding it (we never fork a process that has imported torch).
@@ -216,9 +232,29 @@ class Config:
         return out
 
 
-def help_of(section: str, key: str) -> str:
-    """The help text of one setting (used by the CLI's flags)."""
+def _field(section: str, key: str) -> dataclasses.Field[Any]:
     for f in dataclasses.fields(SECTIONS[section]):
         if f.name == key:
-            return str(f.metadata["help"])
+            return f
     raise KeyError(f"{section}.{key}")
+
+
+def help_of(section: str, key: str) -> str:
+    """The help text of one setting (used by the CLI's flags)."""
+    return str(_field(section, key).metadata["help"])
+
+
+def check_of(section: str, key: str) -> Check | None:
+    """The check of one setting, so that a flag or argument is refused as the file is."""
+    check: Check | None = _field(section, key).metadata["check"]
+    return check
+
+
+def bounds_of(section: str, key: str) -> tuple[int, int]:
+    check = check_of(section, key)
+    if not isinstance(check, Between):
+        raise KeyError(f"{section}.{key} has no bounds")
+    return check.low, check.high
+
+
+MAX_WORKERS = bounds_of("workers", "count")[1]  # what the daemon's scale request accepts
