@@ -84,7 +84,7 @@ def scale(ctx: click.Context, count: int, no_wait: bool) -> None:
             return len(workers) == count and all(
                 w["state"] in ("READY", "BUSY", "FATAL") for w in workers)
         _wait(config, settled, f"scaling to {count} workers")
-    click.echo(f"scaled to {count} workers (was {reply['was']})")
+    click.echo(f"scaled to {count} worker{'' if count == 1 else 's'} (was {reply['was']})")
 
 
 @cli.command()

@@ -35,7 +35,7 @@ from supervisor.pidfile import AlreadyRunning, PidFile
 from supervisor.pool import WorkerPool, WorkerSlot
 from supervisor.reload import Reloader, ReloadError
 from supervisor.requests import ControlRequests
-from supervisor.settings import Config, MetricsSettings
+from supervisor.settings import MAX_WORKERS, Config, MetricsSettings
 from supervisor.spawner import Spawner, start_helpers
 
 log = logging.getLogger(__name__)
@@ -255,6 +255,9 @@ class Daemon:
             pass  # logged; the configuration in force stays
 
     def _on_sigttin(self, _signum: int) -> None:
+        if self.pool.target >= MAX_WORKERS:
+            log.warning("SIGTTIN ignored: %d workers is the most", MAX_WORKERS)
+            return
         self.scale(self.pool.target + 1, "SIGTTIN")
 
     def _on_sigttou(self, _signum: int) -> None:

@@ -216,6 +216,7 @@ def test_scale_and_ttin_ttou_change_the_pool_while_jobs_run(instance: Instance,
         instance.wait_status(lambda s: len(s["workers"]) == 3, 60, "3 workers after SIGTTOU")
         down = instance.ctl("scale", "1")
         assert down.returncode == 0, down.stderr
+        assert "scaled to 1 worker (was 3)" in down.stdout
         os.kill(daemon, signal.SIGTTIN)
         status = instance.wait_status(
             lambda s: len(s["workers"]) == 2 and all(
