@@ -24,20 +24,27 @@ def _parse_json(text: str, where: str) -> Any:
         fail(2, f"{where} is not JSON: {exc}")
 
 
-def _read_jsonl(path: str, limit: int) -> list[Any]:
-    """Every line of the input, parsed and checked as the client will check it; a bad line
-    stops everything before a job is sent."""
-    payloads = []
+def _read_jsonl(path: str, limit: int, id_field: str | None) -> list[tuple[Any, Any]]:
+    """(input id, payload) for every line of the input, parsed and checked as the client
+    will check it; a bad line stops everything before a job is sent. With `id_field`, each
+    line is an object whose `id_field` key is its id, and the rest is the payload."""
+    jobs = []
     with open(path, encoding="utf-8") as fh:
         for number, line in enumerate(fh, 1):
-            if line.strip():
-                payload = _parse_json(line, f"{path} line {number}")
-                try:
-                    encode_payload(payload, limit)
-                except ValueError as exc:
-                    fail(2, f"rejected: {path} line {number}: {exc}")
-                payloads.append(payload)
-    return payloads
+            where = f"{path} line {number}"
+            if not line.strip():  # skipping it would shift every output line after it
+                fail(2, f"{where}: blank line; give one JSON payload per line")
+            payload, input_id = _parse_json(line, where), None
+            if id_field is not None:
+                if not isinstance(payload, dict) or id_field not in payload:
+                    fail(2, f"{where}: no {id_field!r} key (--id-field) in {line.strip()[:60]}")
+                input_id = payload.pop(id_field)
+            try:
+                encode_payload(payload, limit)
+            except ValueError as exc:
+                fail(2, f"rejected: {where}: {exc}")
+            jobs.append((input_id, payload))
+    return jobs
 
 
 def _client(config: Config) -> Client:
@@ -57,26 +64,31 @@ def _client(config: Config) -> Client:
 @click.option("--output", "output_path", type=click.Path(dir_okay=False),
               help="With --input: where to write one line per job, in input order "
                    "(default: stdout).")
+@click.option("--id-field", metavar="KEY", default=None,
+              help="With --input: each line is an object whose KEY is its id; the rest is "
+                   "the payload, and each output line carries the id as input_id.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds to wait for results (default: no limit).")
 @click.pass_context
 def submit(ctx: click.Context, task: str, payload_json: str | None, wait: bool,
-           input_path: str | None, output_path: str | None, timeout: float | None) -> None:
+           input_path: str | None, output_path: str | None, id_field: str | None,
+           timeout: float | None) -> None:
     """Submit a job of TASK with PAYLOAD_JSON (default null); print its id."""
     if input_path and payload_json is not None:
         fail(2, "give either PAYLOAD_JSON or --input, not both")
-    if output_path and not input_path:
-        fail(2, "--output needs --input")
+    if (output_path or id_field is not None) and not input_path:
+        fail(2, f"{'--output' if output_path else '--id-field'} needs --input")
     config = _config(ctx)
     if input_path:
-        payloads = _read_jsonl(input_path, wire.payload_limit(config.queue.max_payload_bytes))
+        jobs = _read_jsonl(input_path, wire.payload_limit(config.queue.max_payload_bytes),
+                           id_field)
         with _client(config) as client:
             try:
                 if output_path:
                     with open(output_path, "w", encoding="utf-8") as out:
-                        code = _submit_many(client, task, payloads, out, timeout)
+                        code = _submit_many(client, task, jobs, id_field, out, timeout)
                 else:
-                    code = _submit_many(client, task, payloads, sys.stdout, timeout)
+                    code = _submit_many(client, task, jobs, id_field, sys.stdout, timeout)
             except TimeoutError as exc:  # --timeout, or a submit never answered
                 fail(1, str(exc))
         if code:
@@ -98,13 +110,16 @@ def submit(ctx: click.Context, task: str, payload_json: str | None, wait: bool,
             fail(1, str(exc))
 
 
-def _submit_many(client: Client, task: str, payloads: list[Any], out: IO[str],
-                 timeout: float | None) -> int:
+def _submit_many(client: Client, task: str, jobs: list[tuple[Any, Any]],
+                 id_field: str | None, out: IO[str], timeout: float | None) -> int:
     failed = 0
-    with click.progressbar(length=len(payloads), label=f"{task}", file=sys.stderr) as bar:
-        for job_id, value in client.map_with_ids(task, payloads, timeout,
-                                                 return_exceptions=True):
+    outcomes = client.map_with_ids(task, (payload for _, payload in jobs), timeout,
+                                   return_exceptions=True)
+    with click.progressbar(length=len(jobs), label=f"{task}", file=sys.stderr) as bar:
+        for (input_id, _), (job_id, value) in zip(jobs, outcomes):
             line: dict[str, Any] = {"id": job_id}
+            if id_field is not None:
+                line["input_id"] = input_id
             if isinstance(value, JobError):
                 failed += 1
                 line["state"] = {JobFailed: "failed", JobDead: "dead"}.get(type(value),

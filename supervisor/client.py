@@ -84,6 +84,14 @@ class JobDead(JobError):
         super().__init__(job_id, f"job {job_id} is dead: {reason}")
 
 
+class UnknownJob(JobError, KeyError):
+    """The daemon has no job of that id (never submitted, or purged after result_ttl).
+    A KeyError too, as it always was."""
+
+    def __str__(self) -> str:  # KeyError's own would quote the message
+        return str(self.args[0])
+
+
 class DaemonNotRunning(ConnectionError):
     pass
 
@@ -121,7 +129,7 @@ def _outcome(job_id: str, state: str, error: dict[str, Any] | None, data: bytes)
         raise JobFailed(job_id, error)
     if state == "dead":
         raise JobDead(job_id, str(error.get("reason", "unknown")))
-    raise KeyError(f"no such job: {job_id}")
+    raise UnknownJob(job_id, f"no such job: {job_id}")
 
 
 class Client:

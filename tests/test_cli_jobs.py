@@ -42,6 +42,7 @@ def test_submit_jobs_and_job(instance: Instance) -> None:
         (("echo", "{a"), "PAYLOAD_JSON is not JSON"),
         (("no.such.task", "1"), "rejected: unknown task 'no.such.task'"),
         (("echo", "1", "--output", "x.jsonl"), "--output needs --input"),
+        (("echo", "1", "--id-field", "id"), "--id-field needs --input"),
     ]:
         result = instance.ctl("submit", *args)
         assert result.returncode == 2, (args, result.stderr)
@@ -51,6 +52,16 @@ def test_submit_jobs_and_job(instance: Instance) -> None:
     bad_input.write_text('1\n{"x": \n3\n')
     result = instance.ctl("submit", "echo", "--input", str(bad_input))
     assert result.returncode == 2 and "bad.jsonl line 2 is not JSON" in result.stderr
+    # A blank line would shift every output line after it: refused, with its number.
+    bad_input.write_text('1\n\n3\n')
+    result = instance.ctl("submit", "echo", "--input", str(bad_input))
+    assert result.returncode == 2
+    assert result.stderr == f"docbrainctl: {bad_input} line 2: blank line; give one JSON " \
+                            "payload per line\n"
+    bad_input.write_text('{"id": "c1", "text": "a"}\n{"text": "b"}\n')
+    result = instance.ctl("submit", "echo", "--input", str(bad_input), "--id-field", "id")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"docbrainctl: {bad_input} line 2: no 'id' key")
     after = instance.status()["queue"]  # type: ignore[index]
     assert sum(after.values()) == sum(before.values())
 
@@ -65,6 +76,17 @@ def test_submit_jobs_and_job(instance: Instance) -> None:
     assert [line.get("result") for line in lines] == [2, "abab", None, [3, 3]]
     assert lines[2]["error"]["type"] == "ValueError"
     assert "Traceback" in lines[2]["error"]["traceback"]
+
+    # Lines in the corpus' own shape: the id is taken out, and the output carries it.
+    chunks = instance.root / "chunks.jsonl"
+    chunks.write_text("".join(json.dumps({"id": f"c{i}", "text": f"chunk {i}"}) + "\n"
+                              for i in range(5)))
+    joined = instance.ctl("submit", "echo", "--input", str(chunks), "--id-field", "id")
+    assert joined.returncode == 0, joined.stderr
+    rows = [json.loads(line) for line in joined.stdout.splitlines()]
+    assert [r["input_id"] for r in rows] == [f"c{i}" for i in range(5)]
+    assert [r["result"] for r in rows] == [{"text": f"chunk {i}"} for i in range(5)]
+    assert all(r["state"] == "done" and len(r["id"]) == 32 for r in rows)
 
     shown = instance.ctl("job", job_id)
     assert shown.returncode == 0
