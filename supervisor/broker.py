@@ -276,16 +276,13 @@ class Broker:
         stored = self.journal.get(job_id)
         if stored is None:
             return None
-        info = stored.summary()
+        try:
+            info = stored.info()
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
         running = self.queue.running.get(job_id)
         if running is not None:
             info.update(state=RUNNING, slot=running.slot, runs=running.runs)
-        if stored.result is not None:
-            try:
-                info["result"] = wire.loads(stored.result)
-            except ValueError as exc:  # only an older version let a worker store NaN
-                raise RequestError(f"job {job_id}: its stored result is not JSON: {exc}") \
-                    from None
         return info
 
     def close(self) -> None:

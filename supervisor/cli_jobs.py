@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import IO, Any
@@ -13,7 +14,8 @@ from supervisor import render, wire
 from supervisor.cli import _call, _config, _paths, _running, cli, fail
 from supervisor.client import (Client, DaemonNotRunning, JobDead, JobError, JobFailed,
                                JobRejected, encode_payload)
-from supervisor.journal import STATES
+from supervisor.journal import STATES, Journal, StoredJob
+from supervisor.pidfile import running_pid
 from supervisor.settings import Config
 
 
@@ -148,10 +150,15 @@ def _error_of(exc: JobError) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for programs.")
 @click.pass_context
 def jobs(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> None:
-    """List the newest jobs."""
+    """List the newest jobs (from the journal itself when no daemon runs)."""
     config = _config(ctx)
-    _running(_paths(config))
-    rows = _call(config, "jobs", **({"state": state} if state else {}), limit=limit)["jobs"]
+    journal = _journal_without_daemon(config)
+    if journal is None:
+        rows = _call(config, "jobs", **({"state": state} if state else {}), limit=limit)["jobs"]
+    else:
+        # Without a daemon nothing runs: a job it ran is pending, and runs again at start.
+        rows = [] if state == "running" else [j.summary() for j in journal.recent(state, limit)]
+        journal.close()
     if as_json:
         click.echo(json.dumps({"jobs": rows}, indent=2))
         return
@@ -168,7 +175,46 @@ def jobs(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> No
 @click.argument("job_id")
 @click.pass_context
 def job(ctx: click.Context, job_id: str) -> None:
-    """Show one job, with its result or error, as JSON."""
+    """Show one job, with its result or error, as JSON (from the journal when no daemon
+    runs)."""
     config = _config(ctx)
-    _running(_paths(config))
-    click.echo(json.dumps(_call(config, "job", id=job_id)["job"], indent=2))
+    journal = _journal_without_daemon(config)
+    if journal is None:
+        info = _call(config, "job", id=job_id)["job"]
+    else:
+        try:
+            stored = journal.get(job_id)
+            if stored is None:
+                fail(1, f"no such job: {job_id}")
+            info = stored.info()
+        except ValueError as exc:
+            fail(1, str(exc))
+        finally:
+            journal.close()
+    click.echo(json.dumps(info, indent=2))
+
+
+class _NoJournal:
+    """The journal of a state_dir where nothing was ever submitted: no jobs."""
+
+    def recent(self, state: str | None, limit: int) -> list[StoredJob]:
+        return []
+
+    def get(self, job_id: str) -> StoredJob | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def _journal_without_daemon(config: Config) -> Journal | _NoJournal | None:
+    """None while a daemon runs (ask it: it knows which jobs run); else its journal, read
+    directly (the SQLite backend keeps every job there), with a note on stderr."""
+    paths = _paths(config)
+    if running_pid(paths.pidfile) is not None:
+        return None
+    click.echo(f"docbrain is not running: jobs as its journal has them "
+               f"(state_dir {paths.state_dir})", err=True)
+    if not os.path.exists(paths.journal):
+        return _NoJournal()
+    return Journal(paths.journal, config.queue.synchronous)

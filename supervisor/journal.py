@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from supervisor import wire
+
 PENDING, RUNNING, DONE, FAILED, DEAD = "pending", "running", "done", "failed", "dead"
 FINAL_STATES = (DONE, FAILED, DEAD)
 STATES = (PENDING, RUNNING, *FINAL_STATES)
@@ -57,6 +59,18 @@ class StoredJob:
             "runs": self.runs, "submitted": self.submitted, "finished": self.finished,
             "error": self.error,
         }
+
+    def info(self) -> dict[str, Any]:
+        """The summary and its result, decoded; ValueError for a result that is not strict
+        JSON (only an older version let a worker store NaN)."""
+        info = self.summary()
+        if self.result is not None:
+            try:
+                info["result"] = wire.loads(self.result)
+            except ValueError as exc:
+                raise ValueError(f"job {self.id}: its stored result is not JSON: {exc}") \
+                    from None
+        return info
 
 
 _COLUMNS = "id, task, payload, state, attempts, runs, submitted, finished, result, error"

@@ -100,6 +100,28 @@ def test_submit_jobs_and_job(instance: Instance) -> None:
     assert table[0].split()[:3] == ["ID", "TASK", "STATE"] and len(table) == 4
     assert instance.ctl("jobs", "--state", "bogus").returncode == 2
 
+    # No daemon: `jobs` and `job` read the journal itself, and say so on stderr.
+    everything = json.loads(instance.ctl("jobs", "--json", "--limit", "1000").stdout)["jobs"]
+    assert instance.ctl("stop").returncode == 0
+    offline = instance.ctl("jobs", "--json", "--limit", "1000")
+    assert offline.returncode == 0, offline.stderr
+    assert offline.stderr.startswith("docbrain is not running: jobs as its journal has them")
+    assert json.loads(offline.stdout)["jobs"] == everything
+    assert json.loads(instance.ctl("jobs", "--json", "--state", "failed").stdout)["jobs"] \
+        == listed
+    shown_offline = instance.ctl("job", job_id)
+    assert shown_offline.returncode == 0 and json.loads(shown_offline.stdout) == info
+    missing = instance.ctl("job", "nope")
+    assert missing.returncode == 1 and missing.stderr.endswith("docbrainctl: no such job: nope\n")
+
+
+def test_jobs_of_a_state_dir_where_nothing_ran(instance: Instance) -> None:
+    listed = instance.ctl("jobs", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == {"jobs": []}
+    assert not (instance.state_dir / "journal.sqlite3").exists()  # looking creates nothing
+    assert instance.ctl("job", "nope").returncode == 1
+
 
 def test_huge_failures_are_bounded_and_do_not_hurt_the_worker(instance: Instance) -> None:
     instance.write_task_module("loud_tasks", """\
