@@ -232,3 +232,15 @@ def step(slot: Slot, event: Event, now: float, policy: Policy,
     if event is Event.TICK:
         return _tick(slot, now, policy)
     return Transition(slot)
+
+
+def restart_reason(last_exit: str | None) -> str:
+    """Why a slot was restarted, as one of a few labels (metrics count by it)."""
+    text = last_exit or ""
+    for needle, label in (("recycled: reload", "reload"), ("recycled", "recycled"),
+                          ("no heartbeat", "hung"), ("not ready within", "load_timeout"),
+                          ("time limit", "job_timeout"), ("killed by", "crashed"),
+                          ("exit code", "crashed")):
+        if needle in text:
+            return label
+    return "other"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from supervisor import lifecycle, wire
-from supervisor.lifecycle import Event, Kill, Policy, Slot, Spawn, WorkerState
+from supervisor.lifecycle import Event, Kill, Policy, Slot, Spawn, WorkerState, restart_reason
 from supervisor.settings import Config
 from supervisor.spare import RETRY, Spare
 from supervisor.spawner import (NO_RESOURCES, Spawner, WorkerProcess, describe_death,
@@ -390,14 +390,3 @@ class WorkerPool:
             rows.append(row)
         return rows
 
-
-def restart_reason(last_exit: str | None) -> str:
-    """Why a slot was restarted, as one of a few labels (metrics count by it)."""
-    text = last_exit or ""
-    for needle, label in (("recycled: reload", "reload"), ("recycled", "recycled"),
-                          ("no heartbeat", "hung"), ("not ready within", "load_timeout"),
-                          ("time limit", "job_timeout"), ("killed by", "crashed"),
-                          ("exit code", "crashed")):
-        if needle in text:
-            return label
-    return "other"
