@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
+from collections.abc import Iterator
+from types import FrameType
 from typing import IO, Any
 
 import click
 
-from supervisor import render, wire
-from supervisor.cli import _call, _config, _paths, _running, cli, fail
+from supervisor import progress, render, wire
+from supervisor.cli import CliExit, _call, _config, _paths, _running, cli, fail
 from supervisor.client import (Client, DaemonNotRunning, JobDead, JobError, JobFailed,
                                JobRejected, encode_payload)
 from supervisor.journal import STATES, Journal, StoredJob
@@ -71,26 +74,47 @@ def _client(config: Config) -> Client:
                    "the payload, and each output line carries the id as input_id.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds to wait for results (default: no limit).")
+@click.option("--progress/--no-progress", "show_progress", default=None,
+              help="With --input, on stderr: by default a bar on a terminal, else a line "
+                   f"every {progress.INTERVAL:g} s (${progress.INTERVAL_ENV}); "
+                   "--progress: the bar in any case; --no-progress: none. Either way a "
+                   "summary line at the end: N done, M failed in S s.")
 @click.pass_context
 def submit(ctx: click.Context, task: str, payload_json: str | None, wait: bool,
            input_path: str | None, output_path: str | None, id_field: str | None,
-           timeout: float | None) -> None:
-    """Submit a job of TASK with PAYLOAD_JSON (default null); print its id."""
+           timeout: float | None, show_progress: bool | None) -> None:
+    """Submit a job of TASK with PAYLOAD_JSON (default null); print its id.
+
+    With --input, one job per line. Ctrl-C stops waiting: the output keeps the lines of
+    the jobs that finished, the jobs submitted run on in the daemon (see `jobs`), no
+    more are submitted; exit 130. A second Ctrl-C quits at once.
+    """
     if input_path and payload_json is not None:
         fail(2, "give either PAYLOAD_JSON or --input, not both")
-    if (output_path or id_field is not None) and not input_path:
-        fail(2, f"{'--output' if output_path else '--id-field'} needs --input")
+    for name, given in [("--output", output_path), ("--id-field", id_field),
+                        ("--progress" if show_progress else "--no-progress", show_progress)]:
+        if given is not None and not input_path:
+            fail(2, f"{name} needs --input")
     config = _config(ctx)
     if input_path:
         jobs = _read_jsonl(input_path, wire.payload_limit(config.queue.max_payload_bytes),
                            id_field)
+        try:
+            interval = progress.interval_from_env()
+        except ValueError as exc:
+            fail(2, str(exc))
         with _client(config) as client:
+            shown = progress.Progress(task, len(jobs),
+                                      progress.mode_of(show_progress, sys.stderr),
+                                      sys.stderr, interval)
             try:
                 if output_path:
                     with open(output_path, "w", encoding="utf-8") as out:
-                        code = _submit_many(client, task, jobs, id_field, out, timeout)
+                        code = _submit_many(client, task, jobs, id_field, out, timeout,
+                                            shown, f"in {output_path}")
                 else:
-                    code = _submit_many(client, task, jobs, id_field, sys.stdout, timeout)
+                    code = _submit_many(client, task, jobs, id_field, sys.stdout, timeout,
+                                        shown, "on stdout")
             except TimeoutError as exc:  # --timeout, or a submit never answered
                 fail(1, str(exc))
         if code:
@@ -113,26 +137,95 @@ def submit(ctx: click.Context, task: str, payload_json: str | None, wait: bool,
 
 
 def _submit_many(client: Client, task: str, jobs: list[tuple[Any, Any]],
-                 id_field: str | None, out: IO[str], timeout: float | None) -> int:
-    failed = 0
-    outcomes = client.map_with_ids(task, (payload for _, payload in jobs), timeout,
-                                   return_exceptions=True)
-    with click.progressbar(length=len(jobs), label=f"{task}", file=sys.stderr) as bar:
-        for (input_id, _), (job_id, value) in zip(jobs, outcomes):
-            line: dict[str, Any] = {"id": job_id}
-            if id_field is not None:
-                line["input_id"] = input_id
-            if isinstance(value, JobError):
-                failed += 1
-                line["state"] = {JobFailed: "failed", JobDead: "dead"}.get(type(value),
-                                                                            "rejected")
-                line["error"] = _error_of(value)
-            else:
-                line.update(state="done", result=value)
-            out.write(json.dumps(line) + "\n")
-            bar.update(1)
-    out.flush()
-    return 1 if failed else 0
+                 id_field: str | None, out: IO[str], timeout: float | None,
+                 shown: progress.Progress, dest: str) -> int:
+    taken = 0  # payloads the client took: it takes them only as it submits them
+
+    def payloads() -> Iterator[Any]:
+        nonlocal taken
+        for _, payload in jobs:
+            taken += 1
+            yield payload
+
+    with _Interrupt() as interrupt:
+        def stop() -> bool:  # the client calls it while it waits, and before it submits
+            shown.tick()
+            return interrupt.hit
+        outcomes = client.map_with_ids(task, payloads(), timeout, return_exceptions=True,
+                                       stop=stop)
+        try:
+            for (input_id, _), (job_id, value) in zip(jobs, outcomes):
+                line: dict[str, Any] = {"id": job_id}
+                if id_field is not None:
+                    line["input_id"] = input_id
+                if isinstance(value, JobError):
+                    line["state"] = {JobFailed: "failed", JobDead: "dead"}.get(type(value),
+                                                                                "rejected")
+                    line["error"] = _error_of(value)
+                else:
+                    line.update(state="done", result=value)
+                # Whole lines, each as it ends: whatever stops this, the output holds
+                # complete lines only, and every one that finished.
+                out.write(json.dumps(line) + "\n")
+                out.flush()
+                shown.finish(not isinstance(value, JobError))
+                if interrupt.hit:
+                    break
+        finally:
+            shown.close()
+        if interrupt.hit:
+            outcomes.close()  # type: ignore[attr-defined]
+            _interrupted(client, len(jobs), taken, shown.finished, dest)
+    click.echo(shown.summary(), err=True)
+    return 1 if shown.failed else 0
+
+
+SETTLE = 5.0  # seconds an interrupted submit waits for the daemon to confirm submits sent
+
+
+def _interrupted(client: Client, total: int, taken: int, written: int, dest: str) -> None:
+    """After Ctrl-C: nothing more is submitted; say what became of the jobs; exit 130."""
+    unanswered = client.settle(0.2)
+    if unanswered:
+        click.echo(f"docbrainctl: interrupted; waiting up to {SETTLE:g} s for the daemon to "
+                   f"confirm {unanswered:,} submits (Ctrl-C again to quit now)", err=True)
+        unanswered = client.settle(SETTLE)
+    first = (f"interrupted: {taken:,} of {total:,} jobs submitted, {written:,} finished "
+             f"(their lines are {dest})")
+    if taken < total:
+        first += f"; {total - taken:,} were not submitted"
+    click.echo(f"docbrainctl: {first}", err=True)
+    if taken > written:
+        doubt = (f" ({unanswered:,} of them not confirmed by the daemon: those may not run)"
+                 if unanswered else "")
+        click.echo(f"  the other {taken - written:,} run on in the daemon{doubt}; follow "
+                   "them with: docbrainctl jobs --state pending (or running), docbrainctl "
+                   "job ID", err=True)
+    raise CliExit(130)  # the handler stays: a Ctrl-C from here on quits at once, too
+
+
+class _Interrupt:
+    """SIGINT during a bulk submit. The first sets `hit`, and the loop and the client stop
+    at their next step (nothing is cut off midway: no half line, no half-sent submit); a
+    second one quits at once, exit 130."""
+
+    def __init__(self) -> None:
+        self.hit = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "_Interrupt":
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.hit:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.hit:
+            os.write(2, b"docbrainctl: interrupted again: quitting now\n")
+            os._exit(130)
+        self.hit = True
 
 
 def _error_of(exc: JobError) -> dict[str, Any]:

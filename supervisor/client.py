@@ -22,7 +22,7 @@ import collections
 import itertools
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,7 @@ RESEND_AFTER = 2.0   # seconds without an answer before a request is sent again
 # under a map (kill -9, then start: workers READY in about 10 s with the default model).
 ACK_TIMEOUT = 60.0
 SUBMIT_CHUNK = 256   # jobs in one Submit message at most
+STOP_POLL = 0.1      # seconds between calls of map_with_ids' stop() while it waits
 
 
 class JobError(Exception):
@@ -94,6 +95,10 @@ class UnknownJob(JobError, KeyError):
 
 class DaemonNotRunning(ConnectionError):
     pass
+
+
+class _Stopped(Exception):
+    """map_with_ids' stop() returned true: the map ends there."""
 
 
 def encode_payload(payload: Any, limit: int) -> bytes:
@@ -220,14 +225,20 @@ class Client:
             yield value
 
     def map_with_ids(self, task: str, payloads: Iterable[Any], timeout: float | None = None,
-                     return_exceptions: bool = False) -> Iterator[tuple[str, Any]]:
-        """As `map`, yielding (job id, result) pairs."""
+                     return_exceptions: bool = False,
+                     stop: Callable[[], bool] | None = None) -> Iterator[tuple[str, Any]]:
+        """As `map`, yielding (job id, result) pairs. `stop()`, if given, is called before
+        each group of submits and every STOP_POLL seconds while a result is awaited; once
+        true, the map ends: nothing more is submitted (payloads are taken only as they are
+        submitted), those submitted run on in the daemon (see `settle`)."""
         outstanding: collections.deque[str] = collections.deque()
         source = iter(payloads)
         exhausted = False
         while outstanding or not exhausted:
             room = self.window - len(outstanding)
             if not exhausted and room >= min(SUBMIT_CHUNK, self.window) // 2:
+                if stop is not None and stop():
+                    return
                 chunk = list(itertools.islice(source, min(room, SUBMIT_CHUNK)))
                 exhausted = len(chunk) < min(room, SUBMIT_CHUNK)
                 if chunk:
@@ -239,14 +250,25 @@ class Client:
             try:
                 self._wait_for(lambda: head in self._results or
                                self._acks.get(head) is not None,
-                               timeout, f"the result of {head}", ack_of=head)
+                               timeout, f"the result of {head}", ack_of=head, stop=stop)
                 self._check_ack(head)
                 value = _outcome(head, *self._results.pop(head))
+            except _Stopped:
+                return
             except JobError as exc:
                 if not return_exceptions:
                     raise
                 value = exc
             yield head, value
+
+    def settle(self, timeout: float) -> int:
+        """After a map stopped early: wait up to `timeout` seconds for answers to the
+        submits sent (resent if need be; nothing new); how many are still unanswered."""
+        try:
+            self._wait_for(lambda: not self._unacked, timeout, "answers to submits")
+        except TimeoutError:
+            pass
+        return len(self._unacked)
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -302,9 +324,9 @@ class Client:
                                f"{job_id} in {waited:.0f} s ({sends} sends): {cause}")
 
     def _wait_for(self, done: Any, timeout: float | None, what: str,
-                  ack_of: str | None = None) -> None:
-        """Poll until done(); TimeoutError after `timeout`, and NotAcknowledged if the
-        submit of `ack_of` is still unanswered after ack_timeout."""
+                  ack_of: str | None = None, stop: Callable[[], bool] | None = None) -> None:
+        """Poll until done(); TimeoutError after `timeout`, NotAcknowledged if the
+        submit of `ack_of` is still unanswered after ack_timeout, _Stopped once stop()."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not done():
             now = time.monotonic()
@@ -316,13 +338,26 @@ class Client:
                 if now - sent.first >= self.ack_timeout:
                     raise self._not_acknowledged(ack_of)
                 wait = min(wait, sent.first + self.ack_timeout - now)
-            if self.sock.poll(int(wait * 1000) + 1):
+            if self._poll(wait, stop):
                 self._receive()
                 # Answers to others keep coming: a dropped submit must still go again.
                 if now >= self._next_resend:
                     self._resend(waits=False)
             else:
                 self._resend()
+
+    def _poll(self, wait: float, stop: Callable[[], bool] | None) -> bool:
+        """Whether a message came within `wait` seconds; stop() asked every STOP_POLL."""
+        end = time.monotonic() + wait
+        while True:
+            if stop is not None and stop():
+                raise _Stopped
+            left = max(0.0, end - time.monotonic())
+            step = left if stop is None else min(left, STOP_POLL)
+            if self.sock.poll(int(step * 1000) + 1):
+                return True
+            if stop is None or left <= STOP_POLL:
+                return False
 
     def _receive(self) -> None:
         for frames in wire.waiting(self.sock):
