@@ -7,6 +7,7 @@ shared, noisy machine where absolute figures drift.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import statistics
 import subprocess
 import sys
@@ -17,11 +18,24 @@ from typing import Any
 
 import zmq
 
+from supervisor import control
 from supervisor.client import Client
 from supervisor.config import load_config
+from supervisor.paths import StatePaths
 
 N_JOBS = 20_000
 N_ROUND_TRIPS = 1_000
+N_BESIDE = 1_000  # echo jobs mapped beside a long job
+NAP_TASKS = """\
+import time
+from workers import task
+
+
+@task("nap")
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+"""
 
 
 def _echo_server(endpoint: str, ready: Any) -> None:
@@ -104,10 +118,66 @@ def through_daemon(n_jobs: int, n_round_trips: int, workers: int = 2) -> dict[st
     return {"jobs_per_s": throughput, **_percentiles(trips)}
 
 
+def _timed_map(client: Client, payloads: list[Any]) -> float:
+    t0 = time.perf_counter()
+    assert list(client.map("echo", payloads)) == payloads
+    return time.perf_counter() - t0
+
+
+def beside_long_job(n_jobs: int, repeats: int = 3) -> dict[str, float]:
+    """A map of echo jobs, 2 workers: idle; while a long job runs on one worker; and with
+    the long job first in the same submit (the worker that takes it holds more behind it).
+    Medians of `repeats` runs each, in one daemon."""
+    with tempfile.TemporaryDirectory(prefix="dbl") as tmp:
+        (Path(tmp) / "naps.py").write_text(NAP_TASKS)
+        config_path = Path(tmp) / "bench.toml"
+        config_path.write_text(f'[supervisor]\nstate_dir = "{tmp}/state"\n'
+                               f'[workers]\ncount = 2\ntasks = ["naps"]\n'
+                               f'[env]\nPYTHONPATH = "{tmp}"\n')
+        ctl = [sys.executable, "-m", "supervisor", "--config", str(config_path)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([tmp, *sys.path])}
+        subprocess.run([*ctl, "start"], check=True, capture_output=True, env=env)
+        payloads = list(range(n_jobs))
+        idle, beside, behind = [], [], []
+        try:
+            with Client(load_config(str(config_path))) as client:
+                _timed_map(client, payloads)  # warm up
+                for _ in range(repeats):
+                    idle.append(_timed_map(client, payloads))
+                    long_id = client.submit("nap", 3.0)
+                    _wait_running(client, long_id, tmp)
+                    beside.append(_timed_map(client, payloads))
+                    client.result(long_id, timeout=60)
+                    t0 = time.perf_counter()
+                    ids = [client.submit_many_nowait("nap", [3.0])[0],
+                           *client.submit_many_nowait("echo", payloads)]
+                    assert [client.result(i, timeout=60) for i in ids[1:]] == payloads
+                    behind.append(time.perf_counter() - t0)
+                    client.result(ids[0], timeout=60)
+        finally:
+            subprocess.run([*ctl, "stop"], check=True, capture_output=True, env=env)
+    return {"idle_s": statistics.median(idle), "beside_s": statistics.median(beside),
+            "behind_s": statistics.median(behind)}
+
+
+def _wait_running(client: Client, job_id: str, tmp: str) -> None:
+    """Until the job has run for a while on its worker (by the daemon's own account)."""
+    endpoint = StatePaths.for_state_dir(f"{tmp}/state").endpoint("control")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        workers = control.call(endpoint, "status", {}, timeout=10)["workers"]
+        if any(w.get("current_job") == job_id and (w.get("current_job_s") or 0) > 0.2
+               for w in workers):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"job {job_id} did not start within 30 s")
+
+
 def run() -> list[tuple[str, str, str]]:
     """Rows of (measure, figure, ratio or target) for RESULTS.md."""
     raw = raw_zmq(N_JOBS, N_ROUND_TRIPS)
     daemon = through_daemon(N_JOBS, N_ROUND_TRIPS)
+    long = beside_long_job(N_BESIDE)
     return [
         ("raw pyzmq DEALER/ROUTER echo, 2 processes, pipelined",
          f"{raw['msgs_per_s']:,.0f} msgs/s", "reference"),
@@ -119,4 +189,11 @@ def run() -> list[tuple[str, str, str]]:
         ("single job round trip (submit, then result) p50 / p99",
          f"{daemon['p50_ms']:.3f} / {daemon['p99_ms']:.3f} ms",
          f"p50 {daemon['p50_ms'] / raw['p50_ms']:.1f}× raw echo; target p50 ≤ 0.5 ms"),
+        (f"reference: a map of {N_BESIDE:,} echo jobs, 2 idle workers (median of 3)",
+         f"{long['idle_s']:.3f} s", "reference"),
+        ("the same map while a 3 s job runs on one worker",
+         f"{long['beside_s']:.3f} s", f"{long['beside_s'] / long['idle_s']:.2f}× idle; "
+         "target ≤ 1.5×"),
+        ("the same map submitted right behind a 3 s job (its worker held jobs behind it)",
+         f"{long['behind_s']:.3f} s", f"{long['behind_s'] / long['idle_s']:.2f}× idle"),
     ]

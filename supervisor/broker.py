@@ -20,9 +20,15 @@ from supervisor.control import RequestError
 from supervisor.journal import DEAD, DONE, FAILED, PENDING, RUNNING, Journal
 from supervisor.jobqueue import JobQueue, QueuedJob
 from supervisor.settings import Config
+from workers.builtin import embed_request
 
 log = logging.getLogger(__name__)
 PURGE_EVERY = 3600.0  # seconds between purges of expired results
+# A worker whose current job has run this long is busy: it is handed no more jobs, and the
+# jobs it holds unstarted are taken back while another serving worker is not busy, so no
+# job waits behind a long one (Celery's prefetch problem). Prefetching behind a job this
+# long saves nothing worth having: one round trip of well under a millisecond.
+BUSY_AFTER = 0.1  # seconds
 BUILTIN_TASKS = ("noop", "echo")
 
 
@@ -118,9 +124,32 @@ class Broker:
         if len(data) > limit:
             return f"payload is {len(data)} bytes (limit {limit})"
         try:
-            wire.loads(data)  # strict: NaN and Infinity are refused too
+            payload = wire.loads(data)  # strict: NaN and Infinity are refused too
         except (ValueError, RecursionError) as exc:
             return f"payload is not JSON: {exc}"
+        if task == "embed":
+            return self._embed_problem(payload)
+        return None
+
+    def _embed_problem(self, payload: Any) -> str | None:
+        """What the built-in embed task would fail on, found before it is queued."""
+        try:
+            name, texts = embed_request(payload)
+        except ValueError as exc:
+            return f"embed: {exc}"
+        models = self.config.models
+        if not models:
+            return "embed: no model is configured (the [models] table is empty)"
+        if name is None and len(models) != 1:
+            return (f"embed: \"model\" is required: configured models are "
+                    f"{', '.join(sorted(models))}")
+        settings = models.get(name) if name is not None else next(iter(models.values()))
+        if settings is None:
+            return f"embed: unknown model {name!r} (configured: {', '.join(sorted(models))})"
+        if len(texts) > settings.max_texts:
+            model = name or next(iter(models))
+            return (f"embed: {len(texts)} texts in one job; the limit is {settings.max_texts} "
+                    f"(models.{model}.max_texts): submit them as several jobs")
         return None
 
     def _wait(self, client: bytes, job_id: str) -> None:
@@ -198,10 +227,20 @@ class Broker:
 
     def dispatch(self, slots: list[tuple[int, bytes]], now: float,
                  send: Callable[[bytes, wire.Message], None]) -> list[int]:
-        """Hand pending jobs to serving slots with credit left; returns the slots fed."""
+        """Hand pending jobs to serving slots with credit left, the least loaded first, and
+        none to a busy one (BUSY_AFTER); returns the slots fed. A busy slot's unstarted jobs
+        are asked back while another slot is not busy (`on_revoked` requeues them)."""
         credit = self.config.workers.credit
-        fed = []
+        free = []
         for slot, routing_id in slots:
+            if self.queue.busy_for(slot, now) < BUSY_AFTER:
+                free.append((slot, routing_id))
+        if free and len(free) < len(slots):
+            for slot, routing_id in slots:
+                if (slot, routing_id) not in free and (ids := self.queue.revoke(slot)):
+                    send(routing_id, wire.Revoke(ids=ids))
+        fed = []
+        for slot, routing_id in sorted(free, key=lambda s: self.queue.held(s[0])):
             jobs = []
             while self.queue.pending and self.queue.held(slot) < credit:
                 job = self.queue.assign(slot, now)
@@ -212,6 +251,13 @@ class Broker:
                                           data=[j.payload for j in jobs]))
                 fed.append(slot)
         return fed
+
+    def on_revoked(self, slot: int, msg: wire.Revoked) -> bool:
+        """A worker gave back jobs it had not started; True if the slot holds no job now."""
+        taken = self.queue.take_back(slot, msg.ids)
+        if taken:
+            log.debug("slot %d: %d job(s) taken back from behind a busy job", slot, len(taken))
+        return self.queue.held(slot) == 0
 
     def _finish(self, job: QueuedJob, state: str, result: bytes | None = None,
                 error: dict[str, Any] | None = None, seconds: float | None = None) -> None:

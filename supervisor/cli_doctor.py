@@ -21,7 +21,7 @@ from typing import IO, Any
 import click
 import psutil
 
-from supervisor import control, stale
+from supervisor import control, proctitle, stale
 from supervisor.cli import CliExit, _config, _paths, cli, fail
 from supervisor.doctor import (OUR_PACKAGE, PROBE_MARK, TOKENIZER_FILES, Facts,
                                ModelFiles, ProcessInfo, Probe, Status, Verdict, run_checks)
@@ -52,7 +52,10 @@ def _subcommand(args: Sequence[str]) -> str | None:
 
 
 def is_daemon_cmdline(cmdline: Sequence[str]) -> bool:
-    """`python -m supervisor ... start --foreground`, or `docbrainctl ... start`."""
+    """`python -m supervisor ... start --foreground`, or `docbrainctl ... start`, or the
+    title a daemon gives itself: `docbrain: supervisor (STATE_DIR)`."""
+    if proctitle.is_supervisor_title(cmdline):
+        return True
     for i, arg in enumerate(cmdline):
         if os.path.basename(arg) == "docbrainctl":
             return _subcommand(cmdline[i + 1:]) == "start"
@@ -86,12 +89,13 @@ def _scan(own_daemon: int | None, named: dict[int, str]
     others: dict[int, ProcessInfo] = {}
     celery = []
     for proc in psutil.process_iter(["cmdline"]):
-        cmdline = tuple(proc.info.get("cmdline") or ())
+        cmdline = proctitle.trimmed(proc.info.get("cmdline") or ())
         if proc.pid in (os.getpid(), own_daemon):
             continue
         if is_daemon_cmdline(cmdline):
             others[proc.pid] = ProcessInfo(proc.pid, cmdline, state_dir=_pidfile_dir(proc)
-                                           or named.get(proc.pid))
+                                           or named.get(proc.pid)
+                                           or proctitle.title_state_dir(cmdline))
         elif is_celery_worker(cmdline):
             celery.append(ProcessInfo(proc.pid, cmdline))
     for pid, state_dir in named.items():
@@ -109,7 +113,7 @@ def _worker(pid: int, slot: int) -> ProcessInfo | None:
     try:
         proc = psutil.Process(pid)
         with proc.oneshot():
-            cmdline, ppid = tuple(proc.cmdline()), proc.ppid()
+            cmdline, ppid = proctitle.trimmed(proc.cmdline()), proc.ppid()
     except psutil.Error:
         return None  # exited since the status reply: nothing to check
     try:

@@ -232,10 +232,23 @@ def load_config(
             built["supervisor"], state_dir=default_state_dir(environ))
     state_dir = os.path.abspath(os.path.expanduser(built["supervisor"].state_dir))
     built["supervisor"] = dataclasses.replace(built["supervisor"], state_dir=state_dir)
+    built["workers"] = dataclasses.replace(built["workers"], task_path=_task_path(
+        built["workers"].task_path, os.path.dirname(path) if path else os.getcwd()))
     if built["restart"].backoff_max < built["restart"].backoff_start:
         raise ConfigError("restart.backoff_max: must not be below restart.backoff_start")
     return Config(**built, models=MappingProxyType(models), env=MappingProxyType(env_vars),
                   path=path)
+
+
+def _task_path(entries: tuple[str, ...], base: str) -> tuple[str, ...]:
+    """workers.task_path made absolute (relative to `base`), each an existing directory."""
+    resolved = []
+    for entry in entries:
+        full = os.path.normpath(os.path.join(base, os.path.expanduser(entry)))
+        if not os.path.isdir(full):
+            raise ConfigError(f"workers.task_path: {entry!r} is not a directory ({full})")
+        resolved.append(full)
+    return tuple(resolved)
 
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")

@@ -21,7 +21,7 @@ from typing import Any
 
 import zmq
 
-from supervisor import __version__, envguard, stale, wire
+from supervisor import __version__, envguard, proctitle, stale, wire
 from supervisor.broker import Broker
 from supervisor.control import ControlServer
 from supervisor.lifecycle import SERVING_STATES, Event, WorkerState
@@ -80,6 +80,8 @@ class Daemon:
             return 1
         self.log = DaemonLog(self.paths.log_file, self.config.supervisor.log_level,
                              self.log_to_stderr)
+        # Named once it is the daemon: `docbrain: supervisor (STATE_DIR)` in ps and top.
+        proctitle.set_title(proctitle.supervisor_title(self.paths.state_dir))
         try:
             log.info("docbrain supervisor %s starting (pid %d, state_dir %s, config %s)",
                      __version__, self.pid, self.paths.state_dir, self.config.path or "defaults")
@@ -118,7 +120,8 @@ class Daemon:
             return 1
         self._open_sockets()
         self.pool = WorkerPool(self.config, self.paths.endpoint("workers"), self.pid,
-                               Spawner(), self._send_to_worker, self.broker, self.models)
+                               Spawner(self.paths.state_dir), self._send_to_worker,
+                               self.broker, self.models)
         self._hook_metrics()
         self.pool.start_all(time.monotonic())                        # (4)
         self.state = "running"
@@ -212,6 +215,9 @@ class Daemon:
             if isinstance(message, wire.Result):
                 spoke[slot.index] = slot
                 if self.broker.on_results(slot.index, message, now):
+                    self.pool.apply(slot, Event.JOB_IDLE, now)
+            elif isinstance(message, wire.Revoked):
+                if self.broker.on_revoked(slot.index, message):
                     self.pool.apply(slot, Event.JOB_IDLE, now)
             else:
                 self.pool.on_message(slot, message, now)

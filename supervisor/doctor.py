@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import supervisor
-from supervisor import envguard
+from supervisor import envguard, proctitle
 from supervisor.paths import MAX_SOCKET_PATH, StatePaths
 from supervisor.settings import FORBIDDEN_ENV, Config
 from workers.main import STANDBY
@@ -29,7 +29,6 @@ LOW_DISK = 1 << 30  # bytes free in state_dir's file system below which logs and
 PROBE_MARK = "docbrain-doctor-probe: "
 TOKENIZER_FILES = frozenset({"tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
                              "sentencepiece.bpe.model", "tokenizer.model"})
-WORKER_STANDBY = -1  # the slot number given to the standby worker
 
 
 class Status(enum.StrEnum):
@@ -228,7 +227,7 @@ def spawn_problems(workers: Sequence[ProcessInfo], daemon_pid: int) -> list[str]
     problems = []
     for w in workers:
         name = "standby" if w.slot == STANDBY else f"slot {w.slot}"
-        if "spawn_main" not in " ".join(w.cmdline) or "--multiprocessing-fork" not in w.cmdline:
+        if not proctitle.spawned_worker(w.cmdline):  # the spawn command line, or its title
             problems.append(f"{name} pid {w.pid} is not a spawned process: "
                             f"{' '.join(w.cmdline)[:80] or 'no command line'}")
         if w.ppid != daemon_pid:

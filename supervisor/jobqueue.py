@@ -4,6 +4,10 @@ No I/O and no clock (time is passed in). A worker holds up to its credit of jobs
 which ones it starts (a job, or a batch of jobs of one task) before it runs them. When the
 worker dies, the jobs it had started and not finished lost a run (an attempt); the others
 it held lost nothing and go back to the front of the queue, in order.
+
+The daemon may also ask a worker for the jobs it holds and has not started (`revoke`): the
+worker answers with those it still had, which go back to the front of the queue
+(`take_back`); the others it has started by then, and they run there.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class JobQueue:
         # Per slot: the jobs it started last and has not finished, and when it started them.
         self._started: dict[int, tuple[list[QueuedJob], float]] = {}
         self._unheld: dict[str, QueuedJob] = {}  # pending, by id
+        # Per slot: the ids of the one revoke it has not answered yet.
+        self.revoking: dict[int, list[str]] = {}
 
     def push(self, job: QueuedJob) -> None:
         self.pending.append(job)
@@ -60,6 +66,42 @@ class JobQueue:
         """When the slot started the job (or batch) it runs now."""
         started = self._started.get(slot)
         return started[1] if started and started[0] else None
+
+    def busy_for(self, slot: int, now: float) -> float:
+        """Seconds the slot has been running its current job (or batch); 0 when none."""
+        since = self.current_since(slot)
+        return 0.0 if since is None else now - since
+
+    def unstarted(self, slot: int) -> list[QueuedJob]:
+        """The jobs the slot holds, waiting behind the one it runs."""
+        return [job for job in self._held.get(slot, ()) if not job.started]
+
+    def revoke(self, slot: int) -> list[str]:
+        """Ask for the slot's unstarted jobs back: their ids, unless a revoke is already
+        outstanding or there is nothing to take."""
+        if slot in self.revoking:
+            return []
+        ids = [job.id for job in self.unstarted(slot)]
+        if ids:
+            self.revoking[slot] = ids
+        return ids
+
+    def take_back(self, slot: int, job_ids: list[str]) -> list[QueuedJob]:
+        """The slot's worker gave these jobs back, unstarted: to the front of the queue, in
+        the order they were handed out. Ids it no longer holds are ignored."""
+        self.revoking.pop(slot, None)
+        wanted = set(job_ids)
+        jobs = self._held.get(slot)
+        if not jobs or not wanted:
+            return []
+        taken = [job for job in jobs if job.id in wanted and not job.started]
+        for job in taken:
+            jobs.remove(job)
+            del self.running[job.id]
+            job.slot = None
+        self.pending.extendleft(reversed(taken))
+        self._unheld.update((j.id, j) for j in taken)
+        return taken
 
     def assign(self, slot: int, now: float) -> QueuedJob | None:
         """Hand the oldest pending job to `slot`."""
@@ -114,6 +156,7 @@ class JobQueue:
         """The slot's worker is gone: the jobs it was running lost an attempt, the rest go
         back without losing one."""
         jobs = list(self._held.pop(slot, ()))
+        self.revoking.pop(slot, None)
         running = self._started.pop(slot, ([], 0.0))[0] if count_attempt else []
         dead = []
         for job in jobs:

@@ -17,7 +17,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from supervisor import wire
 from supervisor.settings import ModelSettings
+from workers.builtin import result_bytes
 
 log = logging.getLogger(__name__)
 PROBE_TEXT = "DocBrain checks that this model loads and encodes."
@@ -47,6 +49,16 @@ def model_dir(settings: ModelSettings) -> str:
     return path
 
 
+def _check_max_texts(max_texts: int, dim: int) -> None:
+    """An embed job of max_texts texts must have a result that fits in a message."""
+    if result_bytes(max_texts, dim) > wire.MAX_DATA:
+        per_text = result_bytes(1, dim) - result_bytes(0, dim)
+        most = (wire.MAX_DATA - result_bytes(0, dim)) // per_text
+        raise ModelLoadError(
+            f"max_texts {max_texts}: the result of that many {dim}-number embeddings can "
+            f"pass the result limit of {wire.MAX_DATA >> 20} MiB of JSON; at most {most}")
+
+
 def preload(models: Mapping[str, ModelSettings]) -> dict[str, Any]:
     """Load, probe and share every model; raises ModelLoadError naming the first failure."""
     if not models:
@@ -71,6 +83,7 @@ def preload(models: Mapping[str, ModelSettings]) -> dict[str, Any]:
             if len(probe) != 1 or len(probe[0]) != encoder.dim or \
                     not all(math.isfinite(x) for x in probe[0]):
                 raise ModelLoadError("the probe text gave no usable vector")
+            _check_max_texts(settings.max_texts, encoder.dim)
             encoder.share()
         except ModelLoadError as exc:
             raise ModelLoadError(f"model {name} failed to load: {exc}") from None

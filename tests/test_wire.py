@@ -29,6 +29,8 @@ from supervisor.wire import (
     Request,
     Result,
     Retiring,
+    Revoke,
+    Revoked,
     Submit,
     Wait,
     decode,
@@ -66,6 +68,10 @@ MESSAGES: list[wire.Message] = [
     Retiring(reason="500 jobs done (max_jobs_per_worker 500)"),
     Retiring(reason=""),
     Assign(slot=1),
+    Revoke(ids=["a", "b"]),
+    Revoke(ids=[]),
+    Revoked(ids=["a"]),
+    Revoked(ids=[]),
     Submit(ids=[], task="ocr.run"),
     Submit(ids=["c-1"], task="ocr.run", data=[b"{}"]),
     Submit(ids=["c-2", "c-3", "c-4"], task="embed.batch", wait=True,
@@ -392,7 +398,7 @@ def test_wrong_version(version: int) -> None:
 UNKNOWN_COMMANDS = [c for c in range(256) if c not in set(Command)]
 
 
-@pytest.mark.parametrize("command", [0, 13, 14, 15, 18, 108, 255])
+@pytest.mark.parametrize("command", [0, 15, 18, 108, 255])
 def test_unknown_command(command: int) -> None:
     assert command not in set(Command)
     assert protocol_error(frames(command, {})) == f"unknown command {command}"

@@ -20,7 +20,9 @@ def echo(payload: Any) -> Any:
     return payload
 
 
-def _embed_request(payload: Any) -> tuple[Any, list[str]]:
+def embed_request(payload: Any) -> tuple[str | None, list[str]]:
+    """The model name (None: the only model) and texts of an embed payload; ValueError for
+    a payload of another shape. The daemon checks it at submit, the worker again."""
     if not isinstance(payload, dict):
         raise ValueError("payload must be an object with \"texts\" (or \"text\")")
     unknown = set(payload) - {"texts", "text", "model"}
@@ -37,7 +39,17 @@ def _embed_request(payload: Any) -> tuple[Any, list[str]]:
     name = payload.get("model")
     if name is not None and not isinstance(name, str):
         raise ValueError("\"model\" must be a string")
-    return model(name), texts
+    return name, texts
+
+
+# The longest JSON of one float of a vector: a sign, 17 significant digits, a point, an
+# exponent ("-1.2345678901234567e-308"), and the ", " after it.
+FLOAT_JSON_BYTES = 26
+
+
+def result_bytes(texts: int, dim: int) -> int:
+    """An upper bound of the JSON of an embed result of `texts` vectors of `dim` numbers."""
+    return 256 + texts * (dim * FLOAT_JSON_BYTES + 2)
 
 
 @task("embed", batch=True)
@@ -49,7 +61,8 @@ def embed(payloads: list[Any]) -> list[Any]:
     encoders = {}
     for i, payload in enumerate(payloads):
         try:
-            encoder, texts = _embed_request(payload)
+            name, texts = embed_request(payload)
+            encoder = model(name)
         except (ValueError, LookupError) as exc:
             results[i] = exc
             continue

@@ -6,7 +6,6 @@ so nothing here may depend on module-level state of the daemon.
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import logging
 import os
@@ -25,6 +24,7 @@ import zmq
 from supervisor import wire
 from supervisor.marker import SLOT_ENV
 from workers import models
+from workers.channel import PIPE, STOP, Mailbox, PendingJob, heartbeats, serve
 from workers.tasks import Task, TaskModuleError, import_task_modules
 
 log = logging.getLogger("workers")
@@ -47,11 +47,6 @@ MAX_ERROR_TEXT = 32_768  # characters of a failure's message and traceback kept
 Outcome = tuple[str, bool, "dict[str, Any] | None", bytes, float]  # ..., seconds it ran
 
 
-@dataclass(frozen=True)
-class PendingJob:
-    id: str
-    task: str
-    data: bytes
 _PR_SET_PDEATHSIG = 1
 
 
@@ -68,6 +63,8 @@ class WorkerSpec:
     models: dict[str, Any] = field(default_factory=dict)
     max_jobs: int = 0        # recycle after this many jobs (0: never)
     max_memory_mb: int = 0   # recycle above this much memory of its own, USS (0: never)
+    module_path: tuple[str, ...] = ()  # searched first for task modules (Config.module_path)
+    state_dir: str = ""      # the daemon's, named in the process title ("": not named)
 
 
 def _die_with_parent(daemon_pid: int) -> None:
@@ -79,45 +76,28 @@ def _die_with_parent(daemon_pid: int) -> None:
         os._exit(1)
 
 
-def _heartbeats(ctx: zmq.Context, endpoint: str, routing_id: bytes, interval: float,
-                stop: threading.Event) -> None:
-    """A thread of its own, so that a worker busy with a long job still shows it is alive;
-    a stopped (SIGSTOP) or wedged process falls silent and is replaced."""
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.ROUTING_ID, routing_id)
-    sock.connect(endpoint)
-    beat = wire.encode(wire.Heartbeat())
-    try:
-        while True:
-            sock.send_multipart(beat)
-            if stop.wait(interval):
-                return
-    finally:
-        sock.close(linger=0)
-
-
 class Worker:
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.routing_id = f"{spec.slot}:{os.getpid()}".encode()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 2000)  # let the last results out at exit
-        self.sock.setsockopt(zmq.ROUTING_ID, self.routing_id)
-        self.sock.connect(spec.endpoint)
+        self.mailbox = Mailbox()
+        self.pipe = self.ctx.socket(zmq.PAIR)  # to and from the io thread
+        self.pipe.setsockopt(zmq.LINGER, 0)
+        self.pipe.bind(PIPE)
+        self._io = threading.Thread(target=serve, name="io", daemon=True, args=(
+            self.ctx, spec.endpoint, self.routing_id, self.mailbox))
+        self._io.start()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.stopping = False
-        self.inbox: collections.deque[PendingJob] = collections.deque()
         self.outbox: list[Outcome] = []  # results not sent yet
         self._unsent_since = time.monotonic()
-        self.heard = time.monotonic()
         self.tasks: dict[str, Task] = {}
+        self._batching: set[str] = set()
         self._stop_beats = threading.Event()
         self.jobs_done = 0
-        self.assigned: int | None = None  # a standby's slot, once the daemon gives it one
         self._next_memory_check = 0.0
 
     def _install_signals(self) -> None:
@@ -131,7 +111,7 @@ class Worker:
             signal.signal(signum, signal.SIG_IGN)
 
     def send(self, message: wire.Message) -> None:
-        self.sock.send_multipart(wire.encode(message))
+        self.pipe.send_multipart(wire.encode(message))
 
     def run(self) -> int:
         self._install_signals()
@@ -143,21 +123,23 @@ class Worker:
             torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
             models.attach(spec.models)
         try:
-            self.tasks = import_task_modules(spec.tasks)
+            self.tasks = import_task_modules(spec.tasks, spec.module_path)
+            self._batching = {name for name, t in self.tasks.items() if t.batch}
         except TaskModuleError as exc:
             traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
             print(LOAD_FAILED_MARK + str(exc), file=sys.stderr, flush=True)
             return LOAD_FAILED
-        threading.Thread(target=_heartbeats, name="heartbeats", daemon=True, args=(
+        threading.Thread(target=heartbeats, name="heartbeats", daemon=True, args=(
             self.ctx, spec.endpoint, self.routing_id + b":hb", spec.heartbeat_interval,
             self._stop_beats)).start()
         ready = wire.Ready(tasks={name: {"timeout": t.timeout, "retryable": t.retryable}
                                   for name, t in self.tasks.items()})
         self.send(ready)
         poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.pipe, zmq.POLLIN)
         poller.register(self._wake_r.fileno(), zmq.POLLIN)
         silence_limit = spec.heartbeat_interval * spec.heartbeat_liveness
+        inbox = self.mailbox.jobs
         if spec.slot == STANDBY:
             log.info("standby, loaded; waiting for a slot")
             if not self._await_slot(poller, silence_limit):
@@ -165,7 +147,7 @@ class Worker:
             self.send(ready)
         log.info("ready with tasks: %s", ", ".join(sorted(self.tasks)))
         while True:
-            wait = 0 if self.inbox else int(spec.heartbeat_interval * 1000)
+            wait = 0 if inbox else int(spec.heartbeat_interval * 1000)
             events = dict(poller.poll(wait))
             if self._wake_r.fileno() in events:  # plain fds come back as ints
                 self._read_signals()
@@ -173,7 +155,7 @@ class Worker:
             if self.stopping:
                 self._flush()
                 return 0  # jobs not started are requeued by the daemon
-            if self.inbox:
+            if inbox:
                 started = time.monotonic()
                 results = self._run_next()
                 self.outbox.extend(results)
@@ -185,11 +167,12 @@ class Worker:
                     self._flush()
                     self.send(wire.Retiring(reason=reason))
                     return 0  # the jobs it holds and has not started go back to the queue
-                if slow or not self.inbox or len(self.outbox) >= FLUSH_ITEMS or \
+                if slow or not inbox or len(self.outbox) >= FLUSH_ITEMS or \
                         time.monotonic() - self._unsent_since >= FLUSH_AFTER:
                     self._flush()
-            elif time.monotonic() - self.heard > silence_limit:
-                log.error("daemon silent for %.1f s; exiting", time.monotonic() - self.heard)
+            elif time.monotonic() - self.mailbox.heard > silence_limit:
+                log.error("daemon silent for %.1f s; exiting",
+                          time.monotonic() - self.mailbox.heard)
                 return 1
 
     def _await_slot(self, poller: zmq.Poller, silence_limit: float) -> bool:
@@ -200,13 +183,17 @@ class Worker:
                 self._read_signals()
             if self.stopping:
                 return False
-            if time.monotonic() - self.heard > silence_limit:
-                log.error("daemon silent for %.1f s; exiting", time.monotonic() - self.heard)
+            if time.monotonic() - self.mailbox.heard > silence_limit:
+                log.error("daemon silent for %.1f s; exiting",
+                          time.monotonic() - self.mailbox.heard)
                 return False
             self._drain()
-            if self.assigned is not None:
-                self.spec = replace(self.spec, slot=self.assigned)
-                os.environ[SLOT_ENV] = str(self.assigned)
+            assigned = self.mailbox.assigned
+            if assigned is not None:
+                self.spec = replace(self.spec, slot=assigned)
+                os.environ[SLOT_ENV] = str(assigned)
+                from supervisor.proctitle import name_worker  # the title: standby -> slot N
+                name_worker(assigned, self.spec.state_dir)
                 return True
 
     def _flush(self) -> None:
@@ -214,7 +201,7 @@ class Worker:
         if self.outbox:
             out, self.outbox = self.outbox, []
             for frames in wire.encode_many(_results, out):
-                self.sock.send_multipart(frames)
+                self.pipe.send_multipart(frames)
         self._unsent_since = time.monotonic()
 
     def _over_limit(self) -> str | None:
@@ -230,15 +217,13 @@ class Worker:
         return None
 
     def _run_next(self) -> list[Outcome]:
-        job = self.inbox.popleft()
-        task = self.tasks.get(job.task)
-        if task is None or not task.batch:
-            _announce([job])
-            return [self._run(job)]
-        batch = [job]
-        while self.inbox and self.inbox[0].task == job.task:
-            batch.append(self.inbox.popleft())
+        batch = self.mailbox.take(self._batching)
+        if not batch:
+            return []
         _announce(batch)
+        task = self.tasks.get(batch[0].task)
+        if task is None or not task.batch:
+            return [self._run(batch[0])]
         started = time.monotonic()
         try:
             values = task.fn([wire.loads(j.data) for j in batch])
@@ -281,23 +266,17 @@ class Worker:
             self.stopping = True
 
     def _drain(self) -> None:
-        for frames in wire.waiting(self.sock):
-            self.heard = time.monotonic()
-            try:
-                message = wire.decode(frames)
-            except wire.ProtocolError as exc:
-                log.warning("dropped a malformed message from the daemon: %s", exc)
-                continue
-            if isinstance(message, wire.Job):
-                self.inbox.extend(PendingJob(*job)
-                                  for job in zip(message.ids, message.tasks, message.data))
-            elif isinstance(message, wire.Assign):
-                self.assigned = message.slot
+        """The io thread's wake-ups: what they announce is in the mailbox already."""
+        for _ in wire.waiting(self.pipe):
+            pass
 
     def close(self) -> None:
         self._stop_beats.set()
-        self.sock.close()
-        self.ctx.term()
+        self.pipe.send_multipart(STOP)  # after everything sent before it
+        self._io.join(5)
+        self.pipe.close()
+        if not self._io.is_alive():
+            self.ctx.term()
 
 
 def _announce(jobs: list[PendingJob]) -> None:
@@ -336,6 +315,9 @@ def run(spec: WorkerSpec) -> None:
     logging.basicConfig(
         level=spec.log_level.upper(), stream=sys.stderr,
         format="%(levelname)s %(name)s: %(message)s")
+    from supervisor.proctitle import name_worker
+
+    name_worker(spec.slot, spec.state_dir)  # `docbrain: worker slot N (STATE_DIR)` in ps
     worker = Worker(spec)
     try:
         code = worker.run()

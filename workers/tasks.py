@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -56,8 +57,10 @@ class TaskModuleError(Exception):
     """A configured task module raised while it was imported; the message names it."""
 
 
-def import_task_modules(modules: Iterable[str]) -> dict[str, Task]:
-    """Import the built-in and the configured task modules; returns the registry."""
+def import_task_modules(modules: Iterable[str], path: Iterable[str] = ()) -> dict[str, Task]:
+    """Import the built-in and the configured task modules, looking first in the
+    directories of `path`; returns the registry."""
+    sys.path[:0] = list(path)
     for module in (*BUILTIN_MODULES, *modules):
         try:
             importlib.import_module(module)
