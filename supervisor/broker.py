@@ -35,6 +35,14 @@ BUILTIN_TASKS = ("noop", "echo")
 End = tuple[str, str, "dict[str, Any] | None", bytes]  # job id, state, error, result
 
 
+def _seconds(info: Any, key: str) -> float | None:
+    """A task's own number of seconds from a worker's Ready, if it is a sane one."""
+    value = info.get(key) if isinstance(info, dict) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+        return None
+    return float(value)
+
+
 def _job_results(ends: list[End]) -> wire.JobResult:
     return wire.JobResult(ids=[e[0] for e in ends], states=[e[1] for e in ends],
                           errors=[e[2] for e in ends], data=[e[3] for e in ends])
@@ -56,9 +64,13 @@ class Broker:
         self.sock.bind(endpoint)
         self.journal = Journal(journal_path, q.synchronous)
         self.queue = JobQueue(q.max_attempts)
+        now = time.time()
         for stored in self.journal.pending():
-            self.queue.push(QueuedJob(stored.id, stored.task, stored.payload, stored.attempts,
-                                      stored.runs))
+            job = QueuedJob(stored.id, stored.task, stored.payload, stored.attempts, stored.runs)
+            if stored.not_before is not None and stored.not_before > now:
+                self.queue.defer(job, stored.not_before)  # a retry waits on, as it would have
+            else:
+                self.queue.push(job)
         self.counts = self.journal.counts()
         self.catalog: dict[str, dict[str, Any]] = {}
         self.deferred: list[tuple[bytes, str, str, bool, bytes]] = []
@@ -176,7 +188,9 @@ class Broker:
             if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
                 timeout = None
             retryable = isinstance(info, dict) and info.get("retryable") is True
-            self.catalog[name] = {"timeout": timeout, "retryable": retryable}
+            self.catalog[name] = {"timeout": timeout, "retryable": retryable,
+                                  **{key: _seconds(info, key)
+                                     for key in ("retry_backoff", "retry_backoff_max")}}
         deferred, self.deferred = self.deferred, []
         for item in deferred:
             self._submit(*item)
@@ -199,9 +213,32 @@ class Broker:
             self._finish(job, DONE, result=data, seconds=seconds)
         elif self.catalog.get(job.task, {}).get("retryable") and \
                 job.runs < self.config.queue.max_attempts:  # runs: times really started
-            self.queue.requeue(job)
+            self._retry(job, error)
         else:
             self._finish(job, FAILED, error=error, seconds=seconds)
+
+    def _retry(self, job: QueuedJob, error: dict[str, Any] | None) -> None:
+        """Run the job again after the backoff: `retry_backoff` seconds after its first
+        failure, doubling after each, at most `retry_backoff_max` (the task's, else
+        [queue]'s). The delay and the error are stored: a daemon restarted meanwhile waits
+        as long, and `job ID` shows why it waits."""
+        info, q = self.catalog.get(job.task, {}), self.config.queue
+        start = info.get("retry_backoff")
+        start = q.retry_backoff if start is None else start
+        cap = info.get("retry_backoff_max")
+        cap = q.retry_backoff_max if cap is None else cap
+        failures = max(1, job.runs - job.attempts)  # runs that ended with the task raising
+        delay = min(start * 2.0 ** min(failures - 1, 60), cap)
+        not_before = time.time() + delay
+        self.journal.retry(job.id, job.attempts, job.runs, not_before, error)
+        if delay > 0:
+            self.queue.defer(job, not_before)
+        else:
+            self.queue.requeue(job)
+
+    def next_due(self) -> float | None:
+        """When (wall clock) the soonest retry waiting for its backoff is due."""
+        return self.queue.next_due()
 
     def jobs_started(self, slot: int, job_ids: list[str], now: float) -> None:
         self.queue.start(slot, job_ids, now)
@@ -230,6 +267,7 @@ class Broker:
         """Hand pending jobs to serving slots with credit left, the least loaded first, and
         none to a busy one (BUSY_AFTER); returns the slots fed. A busy slot's unstarted jobs
         are asked back while another slot is not busy (`on_revoked` requeues them)."""
+        self.queue.release(time.time())  # retries whose backoff is over
         credit = self.config.workers.credit
         free = []
         for slot, routing_id in slots:
@@ -301,7 +339,8 @@ class Broker:
 
     def status(self) -> dict[str, int]:
         running = len(self.queue.running)
-        return {"pending": self.counts[PENDING] - running, "running": running,
+        return {"pending": self.counts[PENDING] - running, "retrying": len(self.queue.delayed),
+                "running": running,
                 "done": self.counts[DONE], "failed": self.counts[FAILED],
                 "dead": self.counts[DEAD], "duplicate_runs": self.queue.duplicate_runs}
 

@@ -256,12 +256,23 @@ def jobs(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> No
         click.echo(json.dumps({"jobs": rows}, indent=2))
         return
     now = time.time()
-    table = [[r["id"], r["task"], r["state"], str(r["attempts"]), str(r["runs"]),
-              render.duration(now - r["submitted"]) + " ago",
-              (r["error"] or {}).get("reason") or (r["error"] or {}).get("message") or "-"]
+    table = [[r["id"], r["task"], r["state"], str(r["runs"]), str(r["attempts"]),
+              render.duration(now - r["submitted"]) + " ago", _last_error(r, now)]
              for r in rows]
-    click.echo(render.table(["ID", "TASK", "STATE", "ATTEMPTS", "RUNS", "SUBMITTED", "ERROR"],
+    click.echo(render.table(["ID", "TASK", "STATE", "RUNS", "LOST", "SUBMITTED", "ERROR"],
                             table))
+
+
+def _last_error(row: dict[str, Any], now: float) -> str:
+    """The job's error; for a pending one, the failure it waits to retry after."""
+    error = row["error"] or {}
+    text = error.get("reason") or (f"{error.get('type')}: {error.get('message')}"
+                                   if error.get("type") else error.get("message")) or "-"
+    retry_at = row.get("retry_at")
+    if row["state"] == "pending" and retry_at is not None and text != "-":
+        wait = retry_at - now
+        return f"retry {'in ' + render.duration(wait) if wait > 0 else 'due'} after {text}"
+    return text
 
 
 @cli.command()

@@ -236,6 +236,8 @@ def load_config(
         built["workers"].task_path, os.path.dirname(path) if path else os.getcwd()))
     if built["restart"].backoff_max < built["restart"].backoff_start:
         raise ConfigError("restart.backoff_max: must not be below restart.backoff_start")
+    if built["queue"].retry_backoff_max < built["queue"].retry_backoff:
+        raise ConfigError("queue.retry_backoff_max: must not be below queue.retry_backoff")
     return Config(**built, models=MappingProxyType(models), env=MappingProxyType(env_vars),
                   path=path)
 

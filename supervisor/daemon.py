@@ -167,6 +167,9 @@ class Daemon:
                 poller.register(fd, zmq.POLLIN)
             pipes = set(fds)
             deadlines = [self.pool.next_deadline(), self.notifier.next_deadline()]
+            retry_due = self.broker.next_due()  # wall clock, as stored
+            if retry_due is not None:
+                deadlines.append(time.monotonic() + max(0.0, retry_due - time.time()))
             deadline = min(d for d in deadlines if d is not None)
             # Models of a reload load in a thread; look for the end of it often.
             cap = 0.05 if self.reloader.state == "loading" else MAX_POLL_WAIT

@@ -12,6 +12,8 @@ worker answers with those it still had, which go back to the front of the queue
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import deque
 from dataclasses import dataclass
 
@@ -45,6 +47,10 @@ class JobQueue:
         self._unheld: dict[str, QueuedJob] = {}  # pending, by id
         # Per slot: the ids of the one revoke it has not answered yet.
         self.revoking: dict[int, list[str]] = {}
+        # Jobs to retry later: (not before, order, job), the soonest first. Wall-clock
+        # times: they are stored, and outlive the daemon.
+        self.delayed: list[tuple[float, int, QueuedJob]] = []
+        self._order = itertools.count()
 
     def push(self, job: QueuedJob) -> None:
         self.pending.append(job)
@@ -151,6 +157,24 @@ class JobQueue:
         job.slot = None
         self.pending.appendleft(job)
         self._unheld[job.id] = job
+
+    def defer(self, job: QueuedJob, not_before: float) -> None:
+        """Keep a job that is not held until `not_before` (a retry's backoff)."""
+        job.slot = None
+        heapq.heappush(self.delayed, (not_before, next(self._order), job))
+        self._unheld[job.id] = job
+
+    def release(self, now: float) -> int:
+        """Move the delayed jobs that are due to the front of the queue, soonest first."""
+        due = []
+        while self.delayed and self.delayed[0][0] <= now:
+            due.append(heapq.heappop(self.delayed)[2])
+        self.pending.extendleft(reversed(due))
+        return len(due)
+
+    def next_due(self) -> float | None:
+        """When the soonest delayed job is due (wall clock), if any."""
+        return self.delayed[0][0] if self.delayed else None
 
     def lose(self, slot: int, count_attempt: bool) -> Loss:
         """The slot's worker is gone: the jobs it was running lost an attempt, the rest go

@@ -32,11 +32,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     submitted REAL NOT NULL,               -- wall-clock seconds
     finished  REAL,
     result    BLOB,
-    error     TEXT                         -- JSON: {type, message, traceback} or {reason}
+    error     TEXT,                        -- JSON: {type, message, traceback} or {reason}
+    not_before REAL                        -- wall clock: a retry waits until then
 );
 CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (seq) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished) WHERE finished IS NOT NULL;
 """
+# Columns added since the first schema, for a journal written by an older version.
+_ADDED_COLUMNS = {"not_before": "REAL"}
 
 
 @dataclass
@@ -50,7 +53,8 @@ class StoredJob:
     submitted: float
     finished: float | None
     result: bytes | None
-    error: dict[str, Any] | None
+    error: dict[str, Any] | None  # while pending: the last failure of a job to be retried
+    not_before: float | None = None
 
     def summary(self) -> dict[str, Any]:
         """The job as docbrainctl shows it (the result and payload as JSON values)."""
@@ -58,6 +62,7 @@ class StoredJob:
             "id": self.id, "task": self.task, "state": self.state, "attempts": self.attempts,
             "runs": self.runs, "submitted": self.submitted, "finished": self.finished,
             "error": self.error,
+            "retry_at": self.not_before if self.state == PENDING else None,
         }
 
     def info(self) -> dict[str, Any]:
@@ -73,7 +78,8 @@ class StoredJob:
         return info
 
 
-_COLUMNS = "id, task, payload, state, attempts, runs, submitted, finished, result, error"
+_COLUMNS = ("id, task, payload, state, attempts, runs, submitted, finished, result, error, "
+            "not_before")
 
 
 def _row(row: tuple[Any, ...]) -> StoredJob:
@@ -91,6 +97,10 @@ class Journal:
         # FULL also survives the machine losing power, at one fsync per commit.
         self.db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
         self.db.executescript(_SCHEMA)
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in have:
+                self.db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
         self._in_tx = False
 
     def _begin(self) -> None:
@@ -119,7 +129,7 @@ class Journal:
         self._begin()
         self.db.execute(
             "UPDATE jobs SET state = ?, attempts = ?, runs = ?, finished = ?, result = ?, "
-            "error = ? WHERE id = ?",
+            "error = ?, not_before = NULL WHERE id = ?",
             (state, attempts, runs, now, result, json.dumps(error) if error else None, job_id))
 
     def lost(self, job_id: str, attempts: int, runs: int) -> None:
@@ -127,6 +137,15 @@ class Journal:
         self._begin()
         self.db.execute("UPDATE jobs SET attempts = ?, runs = ? WHERE id = ?",
                         (attempts, runs, job_id))
+
+    def retry(self, job_id: str, attempts: int, runs: int, not_before: float,
+              error: dict[str, Any] | None) -> None:
+        """The job's task raised and it will run again, not before `not_before`."""
+        self._begin()
+        self.db.execute("UPDATE jobs SET attempts = ?, runs = ?, not_before = ?, error = ? "
+                        "WHERE id = ?",
+                        (attempts, runs, not_before, json.dumps(error) if error else None,
+                         job_id))
 
     def pending(self) -> Iterable[StoredJob]:
         """Every job not finished, oldest first: what a (re)started daemon must run."""

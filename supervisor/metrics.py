@@ -80,6 +80,8 @@ class Metrics:
                           "for a worker; running: held by a worker).", ["state"], registry=reg)
         self.queue_depth = Gauge("docbrain_queue_depth", "Jobs waiting for a worker.",
                                  registry=reg)
+        self.retrying = Gauge("docbrain_jobs_retrying", "Pending jobs whose task raised, "
+                              "waiting for their retry backoff.", registry=reg)
         self.finished = Counter("docbrain_jobs_finished", "Jobs that reached a final state.",
                                 ["task", "state"], registry=reg)
         self.duration = Histogram("docbrain_job_duration_seconds", "Run time of finished "
@@ -121,6 +123,7 @@ class Metrics:
         for state in STATES:
             self.jobs.labels(state=state).set(counts.get(state, 0))
         self.queue_depth.set(queue_depth)
+        self.retrying.set(counts.get("retrying", 0))
 
     def job_finished(self, task: str, state: str, seconds: float | None) -> None:
         """A job reached a final state; `seconds` is its run time, None if it never ran."""

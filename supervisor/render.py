@@ -64,8 +64,10 @@ def status(data: dict[str, Any]) -> str:
     lines = [head, clip(f"state_dir {sup['state_dir']}")]
     queue = data.get("queue")
     if queue:
-        lines.append("queue: " + ", ".join(f"{queue[k]:,} {k}" for k in
-                                           ("pending", "running", "done", "failed", "dead")))
+        shown = [f"{queue[k]:,} {k}" for k in ("pending", "running", "done", "failed", "dead")]
+        if queue.get("retrying"):
+            shown[0] += f" ({queue['retrying']:,} waiting to retry)"
+        lines.append("queue: " + ", ".join(shown))
     rows = []
     for w in workers:
         note = w["reason"] if w["state"] == "FATAL" else (w["last_exit"] or "-")

@@ -144,6 +144,13 @@ class QueueSettings:
     result_ttl: float = _setting(
         86400.0, "Seconds finished jobs and their results are kept.", above(0)
     )
+    retry_backoff: float = _setting(
+        1.0, "Seconds before the first retry of a job whose retryable task raised; the delay "
+        "doubles after each failure (0: retry at once). A task may set its own.", at_least(0)
+    )
+    retry_backoff_max: float = _setting(
+        60.0, "Upper bound of the retry delay, in seconds. A task may set its own.", above(0)
+    )
     max_payload_bytes: int = _setting(
         1 << 20, "Largest payload accepted at submit, in bytes of JSON.", at_least(2)
     )

@@ -91,7 +91,8 @@ class Loading:
 @dataclass(frozen=True)
 class Ready:
     command: ClassVar[Command] = Command.READY
-    # task name -> {"timeout": seconds or None, "retryable": bool}
+    # task name -> {"timeout", "retry_backoff", "retry_backoff_max": seconds or None,
+    # "retryable": bool}
     tasks: dict[str, Any] = field(default_factory=dict)
 
 

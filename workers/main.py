@@ -132,8 +132,7 @@ class Worker:
         threading.Thread(target=heartbeats, name="heartbeats", daemon=True, args=(
             self.ctx, spec.endpoint, self.routing_id + b":hb", spec.heartbeat_interval,
             self._stop_beats)).start()
-        ready = wire.Ready(tasks={name: {"timeout": t.timeout, "retryable": t.retryable}
-                                  for name, t in self.tasks.items()})
+        ready = wire.Ready(tasks={name: t.info() for name, t in self.tasks.items()})
         self.send(ready)
         poller = zmq.Poller()
         poller.register(self.pipe, zmq.POLLIN)

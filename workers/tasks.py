@@ -19,14 +19,27 @@ class Task:
     timeout: float | None = None  # seconds; None: the configured default
     retryable: bool = False       # a task that raises is retried only if it says so
     batch: bool = False           # fn takes a list of payloads, returns a list of results
+    # Seconds before its first retry, doubling; and their bound. None: [queue]'s.
+    retry_backoff: float | None = None
+    retry_backoff_max: float | None = None
+
+    def info(self) -> dict[str, Any]:
+        """What the worker tells the daemon of the task when it is READY."""
+        return {"timeout": self.timeout, "retryable": self.retryable,
+                "retry_backoff": self.retry_backoff, "retry_backoff_max": self.retry_backoff_max}
 
 
 _registry: dict[str, Task] = {}
 
 
 def task(name: str, *, timeout: float | None = None, retryable: bool = False,
-         batch: bool = False) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
+         batch: bool = False, retry_backoff: float | None = None,
+         retry_backoff_max: float | None = None
+         ) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
     """Register `fn(payload) -> result` under `name`; payload and result are JSON values.
+
+    A retryable task that raises runs again after `retry_backoff` seconds, doubling after
+    each failure up to `retry_backoff_max` (None: the [queue] settings of the same names).
 
     With batch=True, `fn(payloads) -> results` gets every job of this task that the worker
     holds at once (one forward pass for many small jobs); an item of the result that is an
@@ -34,13 +47,19 @@ def task(name: str, *, timeout: float | None = None, retryable: bool = False,
     """
     if not _NAME.match(name):
         raise ValueError(f"invalid task name {name!r}")
+    for key, value in (("timeout", timeout), ("retry_backoff", retry_backoff),
+                       ("retry_backoff_max", retry_backoff_max)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not value >= 0):
+            raise ValueError(f"task {name!r}: {key} must be a number of seconds, got {value!r}")
 
     def register(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
         existing = _registry.get(name)
         if existing is not None and existing.fn is not fn:
             raise ValueError(f"task {name!r} is registered twice "
                              f"({existing.fn.__module__} and {fn.__module__})")
-        _registry[name] = Task(name, fn, timeout, retryable, batch)
+        _registry[name] = Task(name, fn, timeout, retryable, batch, retry_backoff,
+                               retry_backoff_max)
         return fn
 
     return register
