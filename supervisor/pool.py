@@ -133,8 +133,8 @@ class WorkerPool:
             proc.generation = self.generation
             log.info("slot %d: spawned worker pid %d", slot.index, proc.pid)
         slot.proc, slot.tasks = proc, {}
-        self._by_routing_id[proc.routing_id] = slot
-        self._by_routing_id[proc.routing_id + b":hb"] = slot  # its heartbeat thread
+        for routing_id in proc.routing_ids:  # each of its threads' sockets
+            self._by_routing_id[routing_id] = slot
 
     def _tend_spare(self, now: float, outdated: list[WorkerSlot]) -> None:
         if self._stopping:
@@ -295,8 +295,8 @@ class WorkerPool:
             self.read_stderr(proc, now)  # what it wrote last comes before its death notice
             proc.close_stderr()
             proc.process.close()
-            self._by_routing_id.pop(proc.routing_id, None)
-            self._by_routing_id.pop(proc.routing_id + b":hb", None)
+            for routing_id in proc.routing_ids:
+                self._by_routing_id.pop(routing_id, None)
             detail = describe_exit(code)
             log.info("slot %d: worker pid %d %s", slot.index, proc.pid, detail)
             slot.last_tail = list(proc.tail)

@@ -64,7 +64,7 @@ class Spare:
     def on_message(self, routing_id: bytes, message: wire.Message) -> bool:
         """True if the message came from the spare (and was taken care of)."""
         proc = self.proc
-        if proc is None or routing_id not in (proc.routing_id, proc.routing_id + b":hb"):
+        if proc is None or routing_id not in proc.routing_ids:
             return False
         if isinstance(message, wire.Ready):
             self.ready = True

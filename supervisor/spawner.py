@@ -69,6 +69,10 @@ class WorkerProcess:
         self.pid: int = process.pid
         # Fixed at spawn (a standby keeps its "-1:pid" when it takes a slot over).
         self.routing_id = f"{slot}:{self.pid}".encode()
+        # Its sockets: the io thread's (which the daemon sends to), the task thread's own
+        # for what it sends (":out"), the heartbeat thread's (":hb").
+        self.routing_ids = (self.routing_id, self.routing_id + b":out",
+                            self.routing_id + b":hb")
         self.generation = 0  # the pool's configuration generation it was spawned with
         self.stderr_fd: int | None = stderr_fd
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)

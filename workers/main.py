@@ -88,6 +88,13 @@ class Worker:
         self._io = threading.Thread(target=serve, name="io", daemon=True, args=(
             self.ctx, spec.endpoint, self.routing_id, self.mailbox))
         self._io.start()
+        # What this thread sends goes straight out on a socket of its own, not through the
+        # io thread: a result pays no second hop. Only Ready goes the io thread's way, so
+        # that the daemon, which answers it with jobs, has heard from that socket first.
+        self.out = self.ctx.socket(zmq.DEALER)
+        self.out.setsockopt(zmq.LINGER, 2000)  # let the last results out at exit
+        self.out.setsockopt(zmq.ROUTING_ID, self.routing_id + b":out")
+        self.out.connect(spec.endpoint)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -111,7 +118,10 @@ class Worker:
             signal.signal(signum, signal.SIG_IGN)
 
     def send(self, message: wire.Message) -> None:
-        self.pipe.send_multipart(wire.encode(message))
+        self.out.send_multipart(wire.encode(message))
+
+    def send_ready(self, message: wire.Ready) -> None:
+        self.pipe.send_multipart(wire.encode(message))  # via the socket jobs will come to
 
     def run(self) -> int:
         self._install_signals()
@@ -133,7 +143,7 @@ class Worker:
             self.ctx, spec.endpoint, self.routing_id + b":hb", spec.heartbeat_interval,
             self._stop_beats)).start()
         ready = wire.Ready(tasks={name: t.info() for name, t in self.tasks.items()})
-        self.send(ready)
+        self.send_ready(ready)
         poller = zmq.Poller()
         poller.register(self.pipe, zmq.POLLIN)
         poller.register(self._wake_r.fileno(), zmq.POLLIN)
@@ -143,7 +153,7 @@ class Worker:
             log.info("standby, loaded; waiting for a slot")
             if not self._await_slot(poller, silence_limit):
                 return 0
-            self.send(ready)
+            self.send_ready(ready)
         log.info("ready with tasks: %s", ", ".join(sorted(self.tasks)))
         while True:
             wait = 0 if inbox else int(spec.heartbeat_interval * 1000)
@@ -200,7 +210,7 @@ class Worker:
         if self.outbox:
             out, self.outbox = self.outbox, []
             for frames in wire.encode_many(_results, out):
-                self.pipe.send_multipart(frames)
+                self.out.send_multipart(frames)
         self._unsent_since = time.monotonic()
 
     def _over_limit(self) -> str | None:
@@ -274,6 +284,7 @@ class Worker:
         self.pipe.send_multipart(STOP)  # after everything sent before it
         self._io.join(5)
         self.pipe.close()
+        self.out.close()
         if not self._io.is_alive():
             self.ctx.term()
 
