@@ -277,6 +277,8 @@ class Broker:
             for slot, routing_id in slots:
                 if (slot, routing_id) not in free and (ids := self.queue.revoke(slot)):
                     send(routing_id, wire.Revoke(ids=ids))
+        if free:  # the credit of busy workers is lent to the free ones: as many in flight
+            credit = credit * len(slots) // len(free)
         fed = []
         for slot, routing_id in sorted(free, key=lambda s: self.queue.held(s[0])):
             jobs = []

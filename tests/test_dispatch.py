@@ -112,6 +112,22 @@ def test_a_lone_busy_slot_keeps_what_it_holds(tmp_path: Path) -> None:
         broker.close()
 
 
+def test_a_busy_workers_credit_is_lent_to_the_free_ones(tmp_path: Path) -> None:
+    """As many jobs in flight as with every worker free: one worker's pipeline is kept as
+    full as two would be."""
+    broker = _broker(tmp_path, 20)
+    sent: list[tuple[bytes, wire.Message]] = []
+    try:
+        slots = [(0, b"w0"), (1, b"w1"), (2, b"w2")]
+        broker.dispatch(slots[:1], 0.0, lambda r, m: sent.append((r, m)))
+        broker.jobs_started(0, ["j0"], 0.0)
+        broker.dispatch(slots, BUSY_AFTER + 1, lambda r, m: sent.append((r, m)))
+        # credit 4 x 3 workers, over the 2 free ones: 6 each.
+        assert [broker.queue.held(s) for s, _ in slots] == [4, 6, 6]
+    finally:
+        broker.close()
+
+
 def test_mailbox_gives_back_only_what_the_task_thread_has_not_taken() -> None:
     box = Mailbox()
     box.jobs.extend(PendingJob(f"j{i}", "t", b"null") for i in range(4))
