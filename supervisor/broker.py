@@ -184,9 +184,7 @@ class Broker:
 
     def worker_ready(self, tasks: dict[str, Any]) -> None:
         for name, info in tasks.items():
-            timeout = info.get("timeout") if isinstance(info, dict) else None
-            if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
-                timeout = None
+            timeout = _seconds(info, "timeout") or None  # 0: no limit of its own
             retryable = isinstance(info, dict) and info.get("retryable") is True
             self.catalog[name] = {"timeout": timeout, "retryable": retryable,
                                   **{key: _seconds(info, key)

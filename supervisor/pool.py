@@ -113,7 +113,8 @@ class WorkerPool:
                           heartbeat_liveness=w.heartbeat_liveness,
                           log_level=self.config.supervisor.log_level, models=self.models,
                           max_jobs=w.max_jobs_per_worker, max_memory_mb=w.max_memory_mb,
-                          module_path=self.config.module_path())
+                          module_path=self.config.module_path(),
+                          state_dir=self.spawner.state_dir)
 
     def _spawn(self, slot: WorkerSlot, now: float) -> None:
         proc = self.spare.take(self.generation)

@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from multiprocessing import resource_tracker
 
 import psutil
@@ -167,8 +166,6 @@ class Spawner:
         self.state_dir = state_dir  # named in each worker's process title
 
     def spawn(self, spec: WorkerSpec) -> WorkerProcess:
-        if self.state_dir and not spec.state_dir:
-            spec = replace(spec, state_dir=self.state_dir)
         # The resource tracker is started on the first spawn and would inherit the
         # redirected stderr below; the daemon starts it early (see start_helpers).
         resource_tracker.ensure_running()

@@ -23,6 +23,7 @@ import zmq
 
 from supervisor import wire
 from supervisor.marker import SLOT_ENV
+from supervisor.proctitle import name_worker
 from workers import models
 from workers.channel import PIPE, STOP, Mailbox, PendingJob, heartbeats, serve
 from workers.tasks import Task, TaskModuleError, import_task_modules
@@ -201,8 +202,7 @@ class Worker:
             if assigned is not None:
                 self.spec = replace(self.spec, slot=assigned)
                 os.environ[SLOT_ENV] = str(assigned)
-                from supervisor.proctitle import name_worker  # the title: standby -> slot N
-                name_worker(assigned, self.spec.state_dir)
+                name_worker(assigned, self.spec.state_dir)  # the title: standby -> slot N
                 return True
 
     def _flush(self) -> None:
@@ -325,8 +325,6 @@ def run(spec: WorkerSpec) -> None:
     logging.basicConfig(
         level=spec.log_level.upper(), stream=sys.stderr,
         format="%(levelname)s %(name)s: %(message)s")
-    from supervisor.proctitle import name_worker
-
     name_worker(spec.slot, spec.state_dir)  # `docbrain: worker slot N (STATE_DIR)` in ps
     worker = Worker(spec)
     try:
