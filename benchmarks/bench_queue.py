@@ -18,10 +18,10 @@ from typing import Any
 
 import zmq
 
-from supervisor import control
 from supervisor.client import Client
-from supervisor.config import load_config
-from supervisor.paths import StatePaths
+from supervisor.conf.config import load_config
+from supervisor.proto import control
+from supervisor.proto.paths import StatePaths
 
 N_JOBS = 20_000
 N_ROUND_TRIPS = 1_000

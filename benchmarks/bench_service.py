@@ -22,7 +22,7 @@ from typing import Any
 
 from benchmarks.corpus import load_texts
 from supervisor.client import Client
-from supervisor.config import load_config
+from supervisor.conf.config import load_config
 
 CONFIG = '[supervisor]\nstate_dir = "{state}"\n[workers]\ncount = 2\n[env]\nBENCH_MARK = "{mark}"\n'
 

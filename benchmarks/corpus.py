@@ -1,6 +1,6 @@
 """The project's text corpus: English chunks of 40-90 words, one JSON object a line.
 
-`benchmarks/data/chunks.jsonl` is committed; the tests (tests/test_models.py) and the
+`benchmarks/data/chunks.jsonl` is committed; the tests (tests/system/test_models.py) and the
 benchmarks embed it. benchmarks/make_corpus.py made it and says how to make it again.
 """
 

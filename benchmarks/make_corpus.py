@@ -16,7 +16,7 @@ from one module and at most TOTAL in all; ids are c00000, c00001, ... in that or
 
 The output depends only on the interpreter's standard library, so another Python version
 makes a different (equally valid) corpus: the committed file is the corpus, this script
-says how it was made. tests/test_corpus.py checks that this script, under MADE_WITH, makes
+says how it was made. tests/unit/test_corpus.py checks that this script, under MADE_WITH, makes
 exactly the committed file.
 """
 

@@ -5,6 +5,6 @@ Kept free of imports at module level: a spawned worker re-imports the parent's m
 """
 
 if __name__ == "__main__":
-    from supervisor.cli import main
+    from supervisor.cli.main import main
 
     main()

@@ -28,11 +28,11 @@ from typing import Any
 
 import zmq
 
-from supervisor import wire
-from supervisor.config import load_config
-from supervisor.paths import StatePaths
-from supervisor.pidfile import running_pid
-from supervisor.settings import Config
+from supervisor.conf.config import load_config
+from supervisor.conf.settings import Config
+from supervisor.proto import wire
+from supervisor.proto.paths import StatePaths
+from supervisor.proto.pidfile import running_pid
 
 RESEND_AFTER = 2.0   # seconds without an answer before a request is sent again
 # Seconds a submit may go unanswered, resends included. Long enough for a daemon restarted

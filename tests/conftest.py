@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 import psutil
 import pytest
 
-from supervisor.marker import MARKER_ENV, InstanceMarker
-from supervisor.pidfile import running_pid
+from supervisor.proto.marker import MARKER_ENV, InstanceMarker
+from supervisor.proto.pidfile import running_pid
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import zmq
 
-from supervisor import wire
+from supervisor.proto import wire
 
 log = logging.getLogger("workers")
 

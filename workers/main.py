@@ -15,27 +15,22 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import psutil
 import zmq
 
-from supervisor import wire
-from supervisor.marker import SLOT_ENV
-from supervisor.proctitle import name_worker
+from supervisor.proto import wire
+from supervisor.proto.marker import SLOT_ENV
+from supervisor.proto.proctitle import name_worker
+from supervisor.proto.spec import LOAD_FAILED, LOAD_FAILED_MARK, STANDBY, WorkerSpec
 from workers import models
 from workers.channel import PIPE, STOP, Mailbox, PendingJob, heartbeats, serve
 from workers.tasks import Task, TaskModuleError, import_task_modules
 
 log = logging.getLogger("workers")
-STANDBY = -1  # the slot of a worker spawned ahead, before any slot needs it
 MEMORY_CHECK_EVERY = 1.0  # seconds
-# The exit code of a worker whose task modules do not import (sysexits' EX_CONFIG): the
-# configuration is wrong, and starting the worker again cannot mend it, so the daemon does
-# not retry; its last stderr line says why (LOAD_FAILED_MARK, then the error).
-LOAD_FAILED = 78
-LOAD_FAILED_MARK = "cannot load: "
 # Results of quick jobs travel together: sent when the worker holds no more jobs, or when
 # this many are waiting, or when the oldest has waited this long. A job that took longer
 # than FLUSH_SLOW has its result sent at once: the message costs nothing next to the job,
@@ -49,23 +44,6 @@ Outcome = tuple[str, bool, "dict[str, Any] | None", bytes, float]  # ..., second
 
 
 _PR_SET_PDEATHSIG = 1
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    slot: int
-    endpoint: str              # the daemon's workers ROUTER
-    daemon_pid: int
-    tasks: tuple[str, ...]
-    heartbeat_interval: float
-    heartbeat_liveness: int
-    log_level: str = "info"
-    # name -> the daemon's loaded model (its weights travel as shared memory, not copies)
-    models: dict[str, Any] = field(default_factory=dict)
-    max_jobs: int = 0        # recycle after this many jobs (0: never)
-    max_memory_mb: int = 0   # recycle above this much memory of its own, USS (0: never)
-    module_path: tuple[str, ...] = ()  # searched first for task modules (Config.module_path)
-    state_dir: str = ""      # the daemon's, named in the process title ("": not named)
 
 
 def _die_with_parent(daemon_pid: int) -> None:

@@ -1,0 +1,341 @@
+"""Load the configuration: defaults < TOML file < DOCBRAIN_* environment < command line.
+
+Every error is a `ConfigError` whose message is one line naming the key (or variable) and
+what is wrong with it; nothing is started when loading fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import textwrap
+import tomllib
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from supervisor.conf.settings import (DEFAULT_MODELS, FORBIDDEN_ENV, SECTIONS, Between, Config,
+                                      ModelSettings)
+from supervisor.proto.marker import MARKER_ENV, SLOT_ENV
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+CONFIG_ENV = "DOCBRAIN_CONFIG"
+ENV_PREFIX = "DOCBRAIN_"
+ENV_SECTION = ENV_PREFIX + "ENV_"  # DOCBRAIN_ENV_<NAME> sets [env] NAME
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# DOCBRAIN_ variables of ours that are not settings: every worker inherits the marker and
+# its slot, and may run docbrainctl or load the configuration itself.
+NOT_SETTINGS = frozenset({CONFIG_ENV, MARKER_ENV, SLOT_ENV})
+# How alike (difflib's ratio, without the prefix) a name must be to a setting's variable to
+# be taken for a misspelling of it: DOCBRAIN_WORKER_COUNT is, DOCBRAIN_TEST_GUARD is not.
+_NEAR_MISS = 0.8
+
+
+class ConfigError(Exception):
+    """A bad configuration file or value; the message is one line for the user."""
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    """Check a TOML value against the field's type; ints are accepted for floats."""
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and isinstance(value, str):
+        return value
+    if typing.get_origin(kind) is tuple:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{where}: expected a list of strings, got {_type_name(value)}")
+    expected = {int: "an integer", float: "a number", str: "a string", bool: "a boolean"}[kind]
+    raise ConfigError(f"{where}: expected {expected}, got {_type_name(value)}")
+
+
+def _parse_env_value(text: str, kind: Any, where: str) -> Any:
+    """Turn an environment variable's text into a value of the field's type."""
+    try:
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"{where}: expected {'an integer' if kind is int else 'a number'}, "
+                          f"got {text!r}") from None
+    if kind is bool:
+        low = text.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {text!r}")
+    if typing.get_origin(kind) is tuple:
+        if text.lstrip().startswith("["):
+            try:
+                value = tomllib.loads(f"v = {text}")["v"]
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{where}: not a TOML list: {exc}") from None
+            return _coerce(value, kind, where)
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    return text
+
+
+def _field_types(section_cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(section_cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
+
+
+def setting_var(section: str, key: str) -> str:
+    return f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+
+
+def unknown_setting_var(var: str) -> str | None:
+    """What is wrong with a DOCBRAIN_ variable that looks like a setting but names none.
+
+    Only names in a section's namespace (DOCBRAIN_WORKERS_...) or near misses of a real
+    setting are ours to refuse: any other DOCBRAIN_ variable may belong to the rest of
+    DocBrain or to a task, and passes through to the workers untouched.
+    """
+    if not var.startswith(ENV_PREFIX) or var in NOT_SETTINGS or var.startswith(ENV_SECTION):
+        return None
+    known = {setting_var(section, f.name): f"{section.upper()}_{f.name.upper()}"
+             for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+    if var in known:
+        return None
+    rest = var[len(ENV_PREFIX):]
+    if rest.startswith("MODELS_"):
+        return "[models] can be set in the configuration file only"
+    close = difflib.get_close_matches(rest, known.values(), n=1, cutoff=_NEAR_MISS)
+    if close:
+        return f"no such setting; did you mean {ENV_PREFIX}{close[0]}?"
+    if any(rest.startswith(section.upper() + "_") for section in SECTIONS):
+        return "no such setting"
+    return None
+
+
+def _env_entry(name: Any, value: Any, where: str) -> tuple[str, str]:
+    if not isinstance(name, str) or not _ENV_NAME.match(name):
+        raise ConfigError(f"{where}: {name!r} is not a valid environment variable name")
+    # The workers get it, and their own docbrainctl or load_config would refuse it.
+    problem = unknown_setting_var(name)
+    if problem:
+        raise ConfigError(f"{where}: {name}: {problem}")
+    if name in FORBIDDEN_ENV:
+        raise ConfigError(f"{where}: {name} must not be set: it hides the fork-after-init crash "
+                          "instead of avoiding it")
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ConfigError(f"{where}: expected a string, got {_type_name(value)}")
+    return name, str(value)
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+
+
+def default_state_dir(environ: Mapping[str, str]) -> str:
+    home = environ.get("HOME") or os.path.expanduser("~")
+    base = environ.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
+    return os.path.join(base, "docbrain")
+
+
+def load_config(
+    path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the configuration.
+
+    `path` falls back to $DOCBRAIN_CONFIG; `overrides` maps "section.key" to values taken
+    from command-line flags (None means the flag was not given).
+    """
+    environ = os.environ if environ is None else environ
+    path = path or environ.get(CONFIG_ENV) or None
+    values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    env_vars: dict[str, str] = {}
+    models: Mapping[str, ModelSettings] = DEFAULT_MODELS
+
+    if path is not None:
+        path = str(Path(path).expanduser().resolve())
+        data = _read_file(path)
+        for section, table in data.items():
+            if section == "env":
+                if not isinstance(table, dict):
+                    raise ConfigError("env: expected a table")
+                for name, value in table.items():
+                    key, text = _env_entry(name, value, f"env.{name}")
+                    env_vars[key] = text
+                continue
+            if section == "models":
+                models = _models(table)
+                continue
+            if section not in SECTIONS:
+                raise ConfigError(f"{section}: unknown section (known: "
+                                  f"{', '.join([*SECTIONS, 'models', 'env'])})")
+            if not isinstance(table, dict):
+                raise ConfigError(f"{section}: expected a table, got {_type_name(table)}")
+            types = _field_types(SECTIONS[section])
+            for key, value in table.items():
+                if key not in types:
+                    raise ConfigError(f"{section}.{key}: unknown key")
+                values[section][key] = _coerce(value, types[key], f"{section}.{key}")
+
+    for var in sorted(environ):  # sorted: the same variable is named first every time
+        problem = unknown_setting_var(var)
+        if problem:
+            raise ConfigError(f"{var}: {problem}")
+    for section, cls in SECTIONS.items():
+        for key, kind in _field_types(cls).items():
+            var = setting_var(section, key)
+            if var in environ:
+                values[section][key] = _parse_env_value(environ[var], kind, var)
+    for var, text in environ.items():
+        if var.startswith(ENV_SECTION):
+            name, value = _env_entry(var[len(ENV_SECTION):], text, var)
+            env_vars[name] = value
+
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, key = dotted.split(".", 1)
+        values[section][key] = _coerce(value, _field_types(SECTIONS[section])[key], dotted)
+
+    built: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        obj = cls(**values[section])
+        for f in dataclasses.fields(cls):
+            check = f.metadata.get("check")
+            problem = check(getattr(obj, f.name)) if check else None
+            if problem:
+                raise ConfigError(f"{section}.{f.name}: {problem}")
+        built[section] = obj
+    if not built["supervisor"].state_dir:
+        built["supervisor"] = dataclasses.replace(
+            built["supervisor"], state_dir=default_state_dir(environ))
+    state_dir = os.path.abspath(os.path.expanduser(built["supervisor"].state_dir))
+    built["supervisor"] = dataclasses.replace(built["supervisor"], state_dir=state_dir)
+    built["workers"] = dataclasses.replace(built["workers"], task_path=_task_path(
+        built["workers"].task_path, os.path.dirname(path) if path else os.getcwd()))
+    if built["restart"].backoff_max < built["restart"].backoff_start:
+        raise ConfigError("restart.backoff_max: must not be below restart.backoff_start")
+    if built["queue"].retry_backoff_max < built["queue"].retry_backoff:
+        raise ConfigError("queue.retry_backoff_max: must not be below queue.retry_backoff")
+    return Config(**built, models=MappingProxyType(models), env=MappingProxyType(env_vars),
+                  path=path)
+
+
+def _task_path(entries: tuple[str, ...], base: str) -> tuple[str, ...]:
+    """workers.task_path made absolute (relative to `base`), each an existing directory."""
+    resolved = []
+    for entry in entries:
+        full = os.path.normpath(os.path.join(base, os.path.expanduser(entry)))
+        if not os.path.isdir(full):
+            raise ConfigError(f"workers.task_path: {entry!r} is not a directory ({full})")
+        resolved.append(full)
+    return tuple(resolved)
+
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+def _models(table: Any) -> dict[str, ModelSettings]:
+    """[models.NAME] tables; an empty [models] table means no model at all."""
+    if not isinstance(table, dict):
+        raise ConfigError("models: expected a table of [models.NAME] tables")
+    types = _field_types(ModelSettings)
+    models = {}
+    for name, entry in table.items():
+        where = f"models.{name}"
+        if not _MODEL_NAME.match(name):
+            raise ConfigError(f"{where}: invalid model name")
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a table, got {_type_name(entry)}")
+        values = {}
+        for key, value in entry.items():
+            if key not in types:
+                raise ConfigError(f"{where}.{key}: unknown key")
+            values[key] = _coerce(value, types[key], f"{where}.{key}")
+        model = ModelSettings(**values)
+        for f in dataclasses.fields(ModelSettings):
+            check = f.metadata.get("check")
+            problem = check(getattr(model, f.name)) if check else None
+            if problem:
+                raise ConfigError(f"{where}.{f.name}: {problem}")
+        if bool(model.path) == bool(model.package):
+            raise ConfigError(f"{where}: set exactly one of path and package")
+        models[name] = model
+    return models
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_example(guard_defaults: Mapping[str, str]) -> str:
+    """The example configuration file: every key, its default and its help text."""
+    lines = [
+        "# DocBrain supervisor configuration (generated by `docbrainctl config --example`).",
+        "# Every key is optional; the values below are the defaults.",
+        "# Precedence: defaults < this file < DOCBRAIN_<SECTION>_<KEY> variables < CLI flags.",
+        "",
+    ]
+    for section, cls in SECTIONS.items():
+        lines.append(f"[{section}]")
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            text = str(f.metadata["help"])
+            check = f.metadata["check"]
+            if isinstance(check, Between):
+                text += f" From {check.low} to {check.high}."
+            lines += textwrap.wrap(text, 88, initial_indent="# ", subsequent_indent="# ")
+            lines.append(f"{f.name} = {_toml_value(getattr(defaults, f.name))}")
+        lines.append("")
+    lines += [
+        "# Models, loaded once by the daemon before any worker starts and shared with the",
+        "# workers. Without a [models] table: the built-in default below. An empty [models]",
+        "# table: no model.",
+    ]
+    for name, model in DEFAULT_MODELS.items():
+        lines.append(f"[models.{name}]")
+        for f in dataclasses.fields(ModelSettings):
+            lines += textwrap.wrap(str(f.metadata["help"]), 88, initial_indent="# ",
+                                   subsequent_indent="# ")
+            value = getattr(model, f.name)
+            line = f"{f.name} = {_toml_value(value)}"
+            lines.append(line if value != getattr(ModelSettings(), f.name) or f.name == "kind"
+                         else "# " + line)
+        lines.append("")
+    lines += [
+        "[env]",
+        "# Environment guards, set in the daemon and every worker before torch is imported.",
+        "# Uncomment to override one; any other variable may be added too. The thread budget",
+        "# (OMP_NUM_THREADS, MKL_NUM_THREADS) defaults to max(1, cores // workers.count).",
+    ]
+    for name, value in guard_defaults.items():
+        shown = '"<cores // workers.count>"' if name in THREAD_VARS else _toml_value(value)
+        lines.append(f"# {name} = {shown}")
+    return "\n".join(lines) + "\n"

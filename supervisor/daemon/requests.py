@@ -1,0 +1,131 @@
+"""The daemon's answers to control requests (docbrainctl): one method per request name.
+
+Arguments come from the wire as JSON: each is checked here, and a bad one is refused with a
+one-line RequestError that names it, changing nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+from supervisor import __version__
+from supervisor.conf.settings import MAX_WORKERS, Config
+from supervisor.daemon.metrics import Metrics
+from supervisor.daemon.reload import Reloader, ReloadError
+from supervisor.jobs import query
+from supervisor.jobs.broker import Broker
+from supervisor.jobs.journal import STATES
+from supervisor.pool.pool import WorkerPool
+from supervisor.proto.control import ControlServer, Handler, RequestError
+from supervisor.proto.paths import StatePaths
+
+MAX_LIST = 100_000   # most jobs one `jobs` request lists
+
+
+class RequestHost(Protocol):
+    """What the control requests use of the daemon (supervisor.daemon.daemon.Daemon), which
+    passes itself: the handlers are given their host, they do not import it."""
+
+    pid: int
+    state: str
+    started: float
+    config: Config
+    paths: StatePaths
+    guards: dict[str, str]
+    frames_dropped: int
+    pool: WorkerPool
+    broker: Broker
+    control: ControlServer
+    reloader: Reloader
+    metrics: Metrics | None
+
+    def begin_stop(self, timeout: float | None = None) -> None: ...
+
+    def scale(self, count: int, why: str) -> None: ...
+
+
+class ControlRequests:
+    def __init__(self, daemon: RequestHost) -> None:
+        self.d = daemon
+
+    def handlers(self) -> dict[str, Handler]:
+        return {"ping": lambda _args: {"pid": self.d.pid}, "status": self.status,
+                "stop": self.stop, "jobs": self.jobs, "job": self.job, "reload": self.reload,
+                "scale": self.scale}
+
+    def reload(self, _args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self.d.reloader.request("docbrainctl reload")
+        except ReloadError as exc:
+            raise RequestError(str(exc)) from None
+
+    def scale(self, args: dict[str, Any]) -> dict[str, Any]:
+        count = args.get("count")
+        if isinstance(count, bool) or not isinstance(count, int) or \
+                not 1 <= count <= MAX_WORKERS:
+            raise RequestError(f"scale: count must be an integer from 1 to {MAX_WORKERS}, "
+                               f"got {count!r}")
+        if self.d.state != "running":
+            raise RequestError(f"scale refused: the daemon is {self.d.state}")
+        was = self.d.pool.target
+        self.d.scale(count, "docbrainctl scale")
+        return {"count": count, "was": was}
+
+    def stop(self, args: dict[str, Any]) -> dict[str, Any]:
+        timeout = args.get("timeout")
+        if timeout is not None and (isinstance(timeout, bool)
+                                    or not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise RequestError(f"stop: timeout must be a positive number, got {timeout!r}")
+        self.d.begin_stop(None if timeout is None else float(timeout))
+        return {"pid": self.d.pid}
+
+    def jobs(self, args: dict[str, Any]) -> dict[str, Any]:
+        state, limit = args.get("state"), args.get("limit", 100)
+        if state is not None and state not in STATES:
+            raise RequestError(f"jobs: state must be one of {', '.join(STATES)}, got {state!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST:
+            raise RequestError(f"jobs: limit must be an integer from 1 to {MAX_LIST}, "
+                               f"got {limit!r}")
+        broker = self.d.broker
+        return {"jobs": query.recent(broker.store, broker.held, state, limit)}
+
+    def job(self, args: dict[str, Any]) -> dict[str, Any]:
+        job_id = args.get("id")
+        broker = self.d.broker
+        info = query.job_info(broker.store, broker.held, job_id) \
+            if isinstance(job_id, str) else None
+        if info is None:
+            raise RequestError(f"no such job: {job_id}")
+        return {"job": info}
+
+    def status(self, _args: dict[str, Any]) -> dict[str, Any]:
+        now = time.monotonic()
+        workers = self.d.pool.status(now)
+        for row in workers:
+            queue = self.d.broker.held
+            current, since = queue.current(row["slot"]), queue.current_since(row["slot"])
+            row["jobs_done"] = self.d.broker.jobs_done.get(row["slot"], 0)
+            row["current_job"] = current.id if current else None
+            row["current_task"] = current.task if current else None
+            row["current_job_s"] = round(now - since, 3) if current and since else None
+        return {
+            "supervisor": {
+                "pid": self.d.pid,
+                "state": self.d.state,
+                "uptime_s": round(now - self.d.started, 3),
+                "version": __version__,
+                "state_dir": self.d.paths.state_dir,
+                "config": self.d.config.path,
+                "log_file": self.d.paths.log_file,
+                "frames_dropped": self.d.frames_dropped + self.d.control.dropped
+                + self.d.pool.foreign_messages + self.d.broker.dropped,
+                "standby": self.d.pool.spare.status(),
+                "workers_target": self.d.pool.target,
+                "reload": self.d.reloader.status(),
+                "metrics_port": self.d.metrics.port if self.d.metrics else None,
+            },
+            "queue": self.d.broker.status(),
+            "workers": workers,
+            "env": self.d.guards,
+        }

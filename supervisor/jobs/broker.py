@@ -1,0 +1,286 @@
+"""The job broker: clients submit on ``queue.sock``; jobs go to workers; results come back.
+
+Each pass of the daemon's loop: read what clients sent (`drain`), apply workers' results
+and losses, then `flush` -- one commit of the store, and only then the acknowledgements and
+results -- then `dispatch` pending jobs to workers with credit left. So a job is accepted
+(acknowledged) only once it is committed, and a result is handed out only once stored.
+The broker keeps jobs only through its store (supervisor.jobs.store: the SQLite journal
+here), and which worker slot holds which job in memory (supervisor.jobs.held).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from supervisor.conf.settings import Config
+from supervisor.jobs.checks import retry_delay, submit_problem
+from supervisor.jobs.held import HeldJobs, QueuedJob
+from supervisor.jobs.journal import DEAD, DONE, FAILED, PENDING
+from supervisor.jobs.sqlite import SqliteStore
+from supervisor.jobs.store import JobStore
+from supervisor.proto import wire
+
+log = logging.getLogger("supervisor.jobs")
+PURGE_EVERY = 3600.0  # seconds between purges of expired results
+# A worker whose current job has run this long is busy: it is handed no more jobs, and the
+# jobs it holds unstarted are taken back while another serving worker is not busy, so no
+# job waits behind a long one (Celery's prefetch problem). Prefetching behind a job this
+# long saves nothing worth having: one round trip of well under a millisecond.
+BUSY_AFTER = 0.1  # seconds
+BUILTIN_TASKS = ("noop", "echo")
+
+
+End = tuple[str, str, "dict[str, Any] | None", bytes]  # job id, state, error, result
+
+
+def _seconds(info: Any, key: str) -> float | None:
+    """A task's own number of seconds from a worker's Ready, if it is a sane one."""
+    value = info.get(key) if isinstance(info, dict) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+        return None
+    return float(value)
+
+
+def _job_results(ends: list[End]) -> wire.JobResult:
+    return wire.JobResult(ids=[e[0] for e in ends], states=[e[1] for e in ends],
+                          errors=[e[2] for e in ends], data=[e[3] for e in ends])
+
+
+class Broker:
+    def __init__(self, config: Config, ctx: zmq.Context, endpoint: str, journal_path: str) -> None:
+        self.config = config
+        q = config.queue
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        # ZeroMQ silently disconnects a peer that sends a frame (not a message: each frame)
+        # over MAXMSGSIZE, and its client then hears nothing. So the bound is the protocol's
+        # own frame limit, over any body and any payload a client may send, not
+        # max_payload_bytes: a payload over that limit arrives, and gets a Rejected (_check).
+        self.sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_DATA)
+        # A ROUTER drops what does not fit a client's queue: room for a big pipelined map.
+        self.sock.setsockopt(zmq.SNDHWM, 200_000)
+        self.sock.bind(endpoint)
+        self.store: JobStore = SqliteStore(journal_path, q.synchronous)
+        self.held = HeldJobs(q.max_attempts)
+        self.catalog: dict[str, dict[str, Any]] = {}
+        self.deferred: list[tuple[bytes, str, str, bool, bytes]] = []
+        self.waiters: dict[str, set[bytes]] = {}
+        # What to tell clients after this pass's commit, gathered into one message each.
+        self.acks: dict[bytes, list[str]] = {}
+        self.ends: dict[bytes, list[End]] = {}
+        self.rejected: list[tuple[bytes, wire.Rejected]] = []
+        # Told of every job that ends: task, state, seconds it ran (None when unknown).
+        self.on_finished: Callable[[str, str, float | None], None] | None = None
+        self.jobs_done: dict[int, int] = {}
+        self.dropped = 0
+        self._next_purge = 0.0
+
+    # -- clients -------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        for frames in wire.waiting(self.sock):
+            try:
+                # Payload size is checked in _check, to answer with a rejection; ZeroMQ's own
+                # limit (MAXMSGSIZE) already keeps each frame that arrives bounded.
+                message = wire.decode(frames[1:])
+            except wire.ProtocolError as exc:
+                self.dropped += 1
+                log.debug("queue: dropped a malformed message: %s", exc)
+                continue
+            client = frames[0]
+            if isinstance(message, wire.Submit):
+                for job_id, data in zip(message.ids, message.data):
+                    self._submit(client, job_id, message.task, message.wait, data)
+            elif isinstance(message, wire.Wait):
+                for job_id in message.ids:
+                    self._wait(client, job_id)
+            else:
+                self.dropped += 1
+
+    def _submit(self, client: bytes, job_id: str, task: str, wait: bool, data: bytes) -> None:
+        if not self.catalog:
+            # No worker has told us its tasks yet: decide when one has.
+            self.deferred.append((client, job_id, task, wait, data))
+            return
+        problem = submit_problem(self.config, self.catalog, job_id, task, data)
+        if problem:
+            self.rejected.append((client, wire.Rejected(id=job_id, error=problem)))
+            return
+        if wait:
+            self.waiters.setdefault(job_id, set()).add(client)
+        if not self.store.submit(job_id, task, data, time.time()) and wait:
+            self._wait(client, job_id)  # a resent Submit: the job exists; maybe it ended
+        self.acks.setdefault(client, []).append(job_id)
+
+    def _wait(self, client: bytes, job_id: str) -> None:
+        if job_id in self.held.running:
+            self.waiters.setdefault(job_id, set()).add(client)
+            return
+        stored = self.store.get(job_id)
+        if stored is None:
+            self._tell(client, job_id, "unknown", {"reason": "no such job"}, b"null")
+        elif stored.state == PENDING:
+            self.waiters.setdefault(job_id, set()).add(client)
+        else:
+            self._tell(client, job_id, stored.state, stored.error, stored.result or b"null")
+
+    def _tell(self, client: bytes, job_id: str, state: str, error: dict[str, Any] | None,
+              data: bytes) -> None:
+        self.ends.setdefault(client, []).append((job_id, state, error, data))
+
+    # -- workers -------------------------------------------------------------------------
+
+    def worker_ready(self, tasks: dict[str, Any]) -> None:
+        for name, info in tasks.items():
+            timeout = _seconds(info, "timeout") or None  # 0: no limit of its own
+            retryable = isinstance(info, dict) and info.get("retryable") is True
+            self.catalog[name] = {"timeout": timeout, "retryable": retryable,
+                                  **{key: _seconds(info, key)
+                                     for key in ("retry_backoff", "retry_backoff_max")}}
+        deferred, self.deferred = self.deferred, []
+        for item in deferred:
+            self._submit(*item)
+
+    def on_results(self, slot: int, msg: wire.Result, now: float) -> bool:
+        """Apply a worker's results; True if the slot holds no job any more."""
+        for job_id, ok, error, seconds, data in zip(msg.ids, msg.oks, msg.errors, msg.seconds,
+                                                     msg.data):
+            self._on_result(slot, job_id, ok, error, seconds, data, now)
+        return self.held.held(slot) == 0
+
+    def _on_result(self, slot: int, job_id: str, ok: bool, error: dict[str, Any] | None,
+                   seconds: float, data: bytes, now: float) -> None:
+        job = self.held.complete(slot, job_id, now)
+        if job is None:
+            self.dropped += 1  # not a job this slot holds: a late or foreign result
+            return
+        self.jobs_done[slot] = self.jobs_done.get(slot, 0) + 1
+        if ok:
+            self._finish(job, DONE, result=data, seconds=seconds)
+        elif self.catalog.get(job.task, {}).get("retryable") and \
+                job.runs < self.config.queue.max_attempts:  # runs: times really started
+            self._retry(job, error)
+        else:
+            self._finish(job, FAILED, error=error, seconds=seconds)
+
+    def _retry(self, job: QueuedJob, error: dict[str, Any] | None) -> None:
+        """Run the job again after the backoff: `retry_backoff` seconds after its first
+        failure, doubling after each, at most `retry_backoff_max` (the task's, else
+        [queue]'s). The delay and the error are stored: a daemon restarted meanwhile waits
+        as long, and `job ID` shows why it waits."""
+        failures = max(1, job.runs - job.attempts)  # runs that ended with the task raising
+        delay = retry_delay(self.catalog.get(job.task, {}), self.config.queue, failures)
+        self.store.retry(job, time.time() + delay, error)
+
+    def next_due(self) -> float | None:
+        """When (wall clock) the soonest retry waiting for its backoff is due."""
+        return self.store.next_due()
+
+    def jobs_started(self, slot: int, job_ids: list[str], now: float) -> None:
+        self.held.start(slot, job_ids, now)
+
+    def worker_lost(self, slot: int, detail: str, count_attempt: bool) -> None:
+        loss = self.held.lose(slot, count_attempt)
+        for job in loss.dead:
+            reason = f"worker {detail} on {job.attempts} attempts"
+            log.error("job %s (%s) dead: %s", job.id, job.task, reason)
+            self._finish(job, DEAD, error={"reason": reason})
+        if loss.requeued:
+            self.store.lose(loss.requeued)
+            log.warning("slot %d: worker %s; %d job(s) back in the queue", slot, detail,
+                        len(loss.requeued))
+
+    def overdue(self, now: float) -> list[tuple[int, str]]:
+        timeouts = {name: info.get("timeout") for name, info in self.catalog.items()}
+        return [(slot, f"job {job.id} ({job.task}) passed its time limit of {limit:g} s")
+                for slot, job, limit in self.held.overdue(
+                    now, timeouts, self.config.queue.job_timeout)]  # type: ignore[arg-type]
+
+    def dispatch(self, slots: list[tuple[int, bytes]], now: float,
+                 send: Callable[[bytes, wire.Message], None]) -> list[int]:
+        """Hand pending jobs to serving slots with credit left, the least loaded first, and
+        none to a busy one (BUSY_AFTER); returns the slots fed. A busy slot's unstarted jobs
+        are asked back while another slot is not busy (`on_revoked` requeues them)."""
+        self.store.release(time.time())  # retries whose backoff is over
+        credit = self.config.workers.credit
+        free = []
+        for slot, routing_id in slots:
+            if self.held.busy_for(slot, now) < BUSY_AFTER:
+                free.append((slot, routing_id))
+        if free and len(free) < len(slots):
+            for slot, routing_id in slots:
+                if (slot, routing_id) not in free and (ids := self.held.revoke(slot)):
+                    send(routing_id, wire.Revoke(ids=ids))
+        if free:  # the credit of busy workers is lent to the free ones: as many in flight
+            credit = credit * len(slots) // len(free)
+        fed = []
+        for slot, routing_id in sorted(free, key=lambda s: self.held.held(s[0])):
+            if not self.store.waiting():
+                break
+            jobs = self.store.lease(credit - self.held.held(slot))
+            if jobs:
+                self.held.hold(slot, jobs)
+                send(routing_id, wire.Job(ids=[j.id for j in jobs], tasks=[j.task for j in jobs],
+                                          data=[j.payload for j in jobs]))
+                fed.append(slot)
+        return fed
+
+    def on_revoked(self, slot: int, msg: wire.Revoked) -> bool:
+        """A worker gave back jobs it had not started; True if the slot holds no job now."""
+        taken = self.held.take_back(slot, msg.ids)
+        if taken:
+            self.store.requeue(taken)
+            log.debug("slot %d: %d job(s) taken back from behind a busy job", slot, len(taken))
+        return self.held.held(slot) == 0
+
+    def _finish(self, job: QueuedJob, state: str, result: bytes | None = None,
+                error: dict[str, Any] | None = None, seconds: float | None = None) -> None:
+        self.store.finish(job, state, time.time(), result, error)
+        if self.on_finished is not None:
+            self.on_finished(job.task, state, seconds)
+        for client in self.waiters.pop(job.id, ()):
+            self._tell(client, job.id, state, error, result or b"null")
+
+    # -- each pass -----------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Commit, then tell clients: nothing is acknowledged before it is durable."""
+        now = time.time()
+        if now >= self._next_purge:
+            self._next_purge = now + PURGE_EVERY
+            purged = self.store.purge(now - self.config.queue.result_ttl)
+            if purged:
+                log.info("journal: purged %d finished job(s) past result_ttl", purged)
+        self.store.commit()
+        out: list[tuple[bytes, list[bytes]]] = [(c, wire.encode(m)) for c, m in self.rejected]
+        for client, ids in self.acks.items():
+            out += [(client, f) for f in wire.encode_many(lambda i: wire.Accepted(ids=i), ids)]
+        for client, ends in self.ends.items():
+            out += [(client, f) for f in wire.encode_many(_job_results, ends)]
+        self.rejected, self.acks, self.ends = [], {}, {}
+        for client, frames in out:
+            try:
+                self.sock.send_multipart([client, *frames], zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                log.debug("queue: reply to a gone client dropped: %s", exc)
+
+    def reconfigure(self, config: Config) -> None:
+        """A reload: limits apply to what comes next (the journal and socket stay)."""
+        self.config = config
+        self.held.max_attempts = config.queue.max_attempts
+
+    def status(self) -> dict[str, int]:
+        running, counts = len(self.held.running), self.store.counts()
+        return {"pending": counts[PENDING] - running, "retrying": self.store.delayed(),
+                "running": running,
+                "done": counts[DONE], "failed": counts[FAILED],
+                "dead": counts[DEAD], "duplicate_runs": self.held.duplicate_runs}
+
+    def close(self) -> None:
+        self.store.close()
+        self.sock.close(linger=0)

@@ -1,0 +1,63 @@
+"""The broker's checks: whether a submitted job can be accepted, and how long a failed
+retryable job waits before it runs again. Pure functions of the configuration and the
+tasks the workers declared (the catalog)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from supervisor.conf.settings import Config, QueueSettings
+from supervisor.proto import wire
+from supervisor.proto.embed import embed_request
+
+
+def submit_problem(config: Config, catalog: dict[str, Any], job_id: str, task: str,
+                   data: bytes) -> str | None:
+    """Why a submitted job is refused (one line for the client), or None: checked before
+    it is stored, so that a job that cannot run is never accepted."""
+    if not job_id or len(job_id) > 128:
+        return "job id must be 1 to 128 characters"
+    if task not in catalog:
+        return f"unknown task {task!r} (known: {', '.join(sorted(catalog))})"
+    limit = wire.payload_limit(config.queue.max_payload_bytes)
+    if len(data) > limit:
+        return f"payload is {len(data)} bytes (limit {limit})"
+    try:
+        payload = wire.loads(data)  # strict: NaN and Infinity are refused too
+    except (ValueError, RecursionError) as exc:
+        return f"payload is not JSON: {exc}"
+    if task == "embed":
+        return _embed_problem(config, payload)
+    return None
+
+
+def _embed_problem(config: Config, payload: Any) -> str | None:
+    """What the built-in embed task would fail on, found before it is queued."""
+    try:
+        name, texts = embed_request(payload)
+    except ValueError as exc:
+        return f"embed: {exc}"
+    models = config.models
+    if not models:
+        return "embed: no model is configured (the [models] table is empty)"
+    if name is None and len(models) != 1:
+        return (f"embed: \"model\" is required: configured models are "
+                f"{', '.join(sorted(models))}")
+    settings = models.get(name) if name is not None else next(iter(models.values()))
+    if settings is None:
+        return f"embed: unknown model {name!r} (configured: {', '.join(sorted(models))})"
+    if len(texts) > settings.max_texts:
+        model = name or next(iter(models))
+        return (f"embed: {len(texts)} texts in one job; the limit is {settings.max_texts} "
+                f"(models.{model}.max_texts): submit them as several jobs")
+    return None
+
+
+def retry_delay(info: dict[str, Any], queue: QueueSettings, failures: int) -> float:
+    """Seconds before a retry: `retry_backoff` after the first failure, doubling after
+    each, at most `retry_backoff_max` (the task's own, else [queue]'s)."""
+    start = info.get("retry_backoff")
+    start = queue.retry_backoff if start is None else start
+    cap = info.get("retry_backoff_max")
+    cap = queue.retry_backoff_max if cap is None else cap
+    return float(min(start * 2.0 ** min(failures - 1, 60), cap))

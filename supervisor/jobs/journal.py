@@ -1,0 +1,181 @@
+"""The job journal: SQLite in WAL mode in state_dir. A job is accepted once committed here.
+
+Writes are grouped: the daemon's loop makes its changes and commits once per pass, before it
+acknowledges any submitter or hands any result out, so throughput does not pay one commit
+per job. Only final states and lost attempts are written; which worker runs a job is kept in
+memory, so after a crash every job not finished is simply pending again.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from supervisor.proto import wire
+
+PENDING, RUNNING, DONE, FAILED, DEAD = "pending", "running", "done", "failed", "dead"
+FINAL_STATES = (DONE, FAILED, DEAD)
+STATES = (PENDING, RUNNING, *FINAL_STATES)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    id        TEXT NOT NULL UNIQUE,
+    task      TEXT NOT NULL,
+    payload   BLOB NOT NULL,
+    state     TEXT NOT NULL,
+    attempts  INTEGER NOT NULL DEFAULT 0,  -- runs lost to a worker's death, hang or time-out
+    runs      INTEGER NOT NULL DEFAULT 0,  -- times handed to a worker
+    submitted REAL NOT NULL,               -- wall-clock seconds
+    finished  REAL,
+    result    BLOB,
+    error     TEXT,                        -- JSON: {type, message, traceback} or {reason}
+    not_before REAL                        -- wall clock: a retry waits until then
+);
+CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (seq) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished) WHERE finished IS NOT NULL;
+"""
+# Columns added since the first schema, for a journal written by an older version.
+_ADDED_COLUMNS = {"not_before": "REAL"}
+
+
+@dataclass
+class StoredJob:
+    id: str
+    task: str
+    payload: bytes
+    state: str
+    attempts: int
+    runs: int
+    submitted: float
+    finished: float | None
+    result: bytes | None
+    error: dict[str, Any] | None  # while pending: the last failure of a job to be retried
+    not_before: float | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The job as docbrainctl shows it (the result and payload as JSON values)."""
+        return {
+            "id": self.id, "task": self.task, "state": self.state, "attempts": self.attempts,
+            "runs": self.runs, "submitted": self.submitted, "finished": self.finished,
+            "error": self.error,
+            "retry_at": self.not_before if self.state == PENDING else None,
+        }
+
+    def info(self) -> dict[str, Any]:
+        """The summary and its result, decoded; ValueError for a result that is not strict
+        JSON (only an older version let a worker store NaN)."""
+        info = self.summary()
+        if self.result is not None:
+            try:
+                info["result"] = wire.loads(self.result)
+            except ValueError as exc:
+                raise ValueError(f"job {self.id}: its stored result is not JSON: {exc}") \
+                    from None
+        return info
+
+
+_COLUMNS = ("id, task, payload, state, attempts, runs, submitted, finished, result, error, "
+            "not_before")
+
+
+def _row(row: tuple[Any, ...]) -> StoredJob:
+    values = list(row)
+    values[9] = json.loads(values[9]) if values[9] else None
+    return StoredJob(*values)
+
+
+class Journal:
+    def __init__(self, path: str, synchronous: str = "normal") -> None:
+        # Autocommit mode: transactions are begun and committed explicitly (group commits).
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL: a commit survives the daemon being killed (the WAL is in the page cache);
+        # FULL also survives the machine losing power, at one fsync per commit.
+        self.db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+        self.db.executescript(_SCHEMA)
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in have:
+                self.db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+        self._in_tx = False
+
+    def _begin(self) -> None:
+        if not self._in_tx:
+            self.db.execute("BEGIN")
+            self._in_tx = True
+
+    def commit(self) -> bool:
+        """Commit what this pass wrote; True if there was anything."""
+        if not self._in_tx:
+            return False
+        self.db.execute("COMMIT")
+        self._in_tx = False
+        return True
+
+    def add(self, job_id: str, task: str, payload: bytes, now: float) -> bool:
+        """Record a new pending job; False if a job with this id exists already."""
+        self._begin()
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO jobs (id, task, payload, state, submitted) "
+            "VALUES (?, ?, ?, 'pending', ?)", (job_id, task, payload, now))
+        return cur.rowcount == 1
+
+    def finish(self, job_id: str, state: str, attempts: int, runs: int, now: float,
+               result: bytes | None = None, error: dict[str, Any] | None = None) -> None:
+        self._begin()
+        self.db.execute(
+            "UPDATE jobs SET state = ?, attempts = ?, runs = ?, finished = ?, result = ?, "
+            "error = ?, not_before = NULL WHERE id = ?",
+            (state, attempts, runs, now, result, json.dumps(error) if error else None, job_id))
+
+    def lost(self, job_id: str, attempts: int, runs: int) -> None:
+        """A run was lost (the worker died); the job stays pending with one attempt more."""
+        self._begin()
+        self.db.execute("UPDATE jobs SET attempts = ?, runs = ? WHERE id = ?",
+                        (attempts, runs, job_id))
+
+    def retry(self, job_id: str, attempts: int, runs: int, not_before: float,
+              error: dict[str, Any] | None) -> None:
+        """The job's task raised and it will run again, not before `not_before`."""
+        self._begin()
+        self.db.execute("UPDATE jobs SET attempts = ?, runs = ?, not_before = ?, error = ? "
+                        "WHERE id = ?",
+                        (attempts, runs, not_before, json.dumps(error) if error else None,
+                         job_id))
+
+    def pending(self) -> Iterable[StoredJob]:
+        """Every job not finished, oldest first: what a (re)started daemon must run."""
+        cur = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE state = 'pending' ORDER BY seq")
+        return (_row(r) for r in cur)
+
+    def get(self, job_id: str) -> StoredJob | None:
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _row(row) if row else None
+
+    def recent(self, state: str | None, limit: int) -> list[StoredJob]:
+        where, args = ("WHERE state = ?", (state,)) if state else ("", ())
+        cur = self.db.execute(
+            f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ?", (*args, limit))
+        return [_row(r) for r in cur]
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        for state, n in self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
+            counts[state] = n
+        return counts
+
+    def purge(self, finished_before: float) -> int:
+        """Forget finished jobs older than the result TTL."""
+        self._begin()
+        cur = self.db.execute("DELETE FROM jobs WHERE finished IS NOT NULL AND finished < ?",
+                              (finished_before,))
+        return cur.rowcount
+
+    def close(self) -> None:
+        if self._in_tx:
+            self.commit()
+        self.db.close()

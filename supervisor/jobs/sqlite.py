@@ -1,0 +1,119 @@
+"""The job store of one host: the journal (SQLite in state_dir) keeps every job; the jobs
+waiting to run are also kept in memory, in the order they run, so that leasing one costs no
+query. After a restart the journal's pending jobs are read back in submission order (a
+retry still in its backoff waits on, as it would have)."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+from collections import deque
+from typing import Any
+
+from supervisor.jobs.held import QueuedJob
+from supervisor.jobs.journal import PENDING, Journal, StoredJob
+
+log = logging.getLogger("supervisor.jobs")
+
+
+class SqliteStore:
+    """A `JobStore` (supervisor.jobs.store) on the journal."""
+
+    def __init__(self, path: str, synchronous: str = "normal") -> None:
+        self.journal = Journal(path, synchronous)
+        self._waiting: deque[QueuedJob] = deque()
+        # Jobs to retry later: (not before, order, job), the soonest first. Wall-clock
+        # times: they are stored, and outlive the daemon.
+        self._delayed: list[tuple[float, int, QueuedJob]] = []
+        self._order = itertools.count()
+        now = time.time()
+        for stored in self.journal.pending():
+            job = QueuedJob(stored.id, stored.task, stored.payload, stored.attempts, stored.runs)
+            if stored.not_before is not None and stored.not_before > now:
+                self._defer(job, stored.not_before)
+            else:
+                self._waiting.append(job)
+        self._counts = self.journal.counts()
+        if self._counts[PENDING]:
+            log.info("journal: %d job(s) to run from before", self._counts[PENDING])
+
+    def submit(self, job_id: str, task: str, payload: bytes, now: float) -> bool:
+        if not self.journal.add(job_id, task, payload, now):
+            return False
+        self._waiting.append(QueuedJob(job_id, task, payload))
+        self._counts[PENDING] += 1
+        return True
+
+    def lease(self, count: int) -> list[QueuedJob]:
+        waiting = self._waiting
+        return [waiting.popleft() for _ in range(min(count, len(waiting)))]
+
+    def requeue(self, jobs: list[QueuedJob]) -> None:
+        self._waiting.extendleft(reversed(jobs))
+
+    def lose(self, jobs: list[QueuedJob]) -> None:
+        for job in jobs:
+            if job.runs:
+                self.journal.lost(job.id, job.attempts, job.runs)
+        self.requeue(jobs)
+
+    def retry(self, job: QueuedJob, not_before: float, error: dict[str, Any] | None) -> None:
+        self.journal.retry(job.id, job.attempts, job.runs, not_before, error)
+        if not_before > time.time():
+            self._defer(job, not_before)
+        else:
+            self._waiting.appendleft(job)
+
+    def finish(self, job: QueuedJob, state: str, now: float, result: bytes | None = None,
+               error: dict[str, Any] | None = None) -> None:
+        self.journal.finish(job.id, state, job.attempts, job.runs, now, result, error)
+        self._counts[PENDING] -= 1
+        self._counts[state] += 1
+
+    def commit(self) -> None:
+        self.journal.commit()
+
+    def get(self, job_id: str) -> StoredJob | None:
+        return self.journal.get(job_id)
+
+    def recent(self, state: str | None, limit: int) -> list[StoredJob]:
+        return self.journal.recent(state, limit)
+
+    def counts(self) -> dict[str, int]:
+        return dict(self._counts)
+
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def waiting_ids(self) -> list[str]:
+        """The ids of the jobs ready to be leased, in the order they would be."""
+        return [job.id for job in self._waiting]
+
+    def delayed(self) -> int:
+        return len(self._delayed)
+
+    def next_due(self) -> float | None:
+        return self._delayed[0][0] if self._delayed else None
+
+    def release(self, now: float) -> int:
+        """Delayed jobs that are due go to the front of the queue, soonest first."""
+        due = []
+        while self._delayed and self._delayed[0][0] <= now:
+            due.append(heapq.heappop(self._delayed)[2])
+        self._waiting.extendleft(reversed(due))
+        return len(due)
+
+    def purge(self, finished_before: float) -> int:
+        purged = self.journal.purge(finished_before)
+        if purged:
+            self.journal.commit()
+            self._counts = self.journal.counts()
+        return purged
+
+    def close(self) -> None:
+        self.journal.close()
+
+    def _defer(self, job: QueuedJob, not_before: float) -> None:
+        heapq.heappush(self._delayed, (not_before, next(self._order), job))

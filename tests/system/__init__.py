@@ -1,0 +1,1 @@
+"""Tests that start real daemons, workers and other processes, send signals, load models."""
