@@ -118,7 +118,7 @@ class Broker:
         self.acks.setdefault(client, []).append(job_id)
 
     def _wait(self, client: bytes, job_id: str) -> None:
-        if job_id in self.held.running:
+        if job_id in self.held.running or self.store.unfinished(job_id):
             self.waiters.setdefault(job_id, set()).add(client)
             return
         stored = self.store.get(job_id)

@@ -28,9 +28,11 @@ class SqliteStore:
         # times: they are stored, and outlive the daemon.
         self._delayed: list[tuple[float, int, QueuedJob]] = []
         self._order = itertools.count()
+        self._unfinished: set[str] = set()  # every pending job's id, leased ones too
         now = time.time()
         for stored in self.journal.pending():
             job = QueuedJob(stored.id, stored.task, stored.payload, stored.attempts, stored.runs)
+            self._unfinished.add(job.id)
             if stored.not_before is not None and stored.not_before > now:
                 self._defer(job, stored.not_before)
             else:
@@ -43,6 +45,7 @@ class SqliteStore:
         if not self.journal.add(job_id, task, payload, now):
             return False
         self._waiting.append(QueuedJob(job_id, task, payload))
+        self._unfinished.add(job_id)
         self._counts[PENDING] += 1
         return True
 
@@ -69,11 +72,15 @@ class SqliteStore:
     def finish(self, job: QueuedJob, state: str, now: float, result: bytes | None = None,
                error: dict[str, Any] | None = None) -> None:
         self.journal.finish(job.id, state, job.attempts, job.runs, now, result, error)
+        self._unfinished.discard(job.id)
         self._counts[PENDING] -= 1
         self._counts[state] += 1
 
     def commit(self) -> None:
         self.journal.commit()
+
+    def unfinished(self, job_id: str) -> bool:
+        return job_id in self._unfinished
 
     def get(self, job_id: str) -> StoredJob | None:
         return self.journal.get(job_id)

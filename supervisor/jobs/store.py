@@ -1,7 +1,7 @@
 """The seam between the broker and where accepted jobs are kept: `JobStore`.
 
 The broker (supervisor.jobs.broker) talks to clients and workers; it tracks which worker
-slot holds which job (supervisor.jobs.jobqueue). Everything that must outlive the daemon is
+slot holds which job (supervisor.jobs.held). Everything that must outlive the daemon is
 the store's: a job is accepted once the store has it (`submit`, then `commit`), it is handed
 to workers by `lease`, and it leaves the store only by `finish`. A job a worker held goes
 back with `requeue` (never started there: nothing changes) or `lose` (its run was lost to a
@@ -55,6 +55,10 @@ class JobStore(Protocol):
 
     def commit(self) -> None:
         """Make durable what this pass wrote: clients are told only after it."""
+
+    def unfinished(self, job_id: str) -> bool:
+        """Is the job accepted and not finished (waiting, delayed or leased)? Cheaper than
+        `get`: asked for every job a client waits on."""
 
     def get(self, job_id: str) -> StoredJob | None:
         """The job as stored (leased jobs read as pending), or None if unknown."""

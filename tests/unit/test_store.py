@@ -44,6 +44,7 @@ def test_leases_are_oldest_first_and_come_back_to_the_front_in_order(tmp_path: P
 def test_a_lost_run_is_kept_and_survives_a_restart(tmp_path: Path) -> None:
     store = _store(tmp_path, "a", "b")
     (a, b) = store.lease(2)
+    assert store.unfinished("a") and store.unfinished("b")  # leased: still unfinished
     a.runs, a.attempts = 1, 1  # a ran when its worker died; b was only held
     store.lose([a, b])
     assert store.waiting_ids() == ["a", "b"]
@@ -51,7 +52,7 @@ def test_a_lost_run_is_kept_and_survives_a_restart(tmp_path: Path) -> None:
     store.close()
     again = SqliteStore(str(tmp_path / "journal.sqlite3"))
     try:
-        assert again.waiting_ids() == ["a", "b"]
+        assert again.waiting_ids() == ["a", "b"] and again.unfinished("a")
         (a2, b2) = again.lease(2)
         assert (a2.attempts, a2.runs) == (1, 1) and (b2.attempts, b2.runs) == (0, 0)
     finally:
@@ -102,6 +103,8 @@ def test_finished_jobs_are_counted_and_purged(tmp_path: Path) -> None:
         assert done is not None and done.state == DONE and done.result == b"1"
         assert [j.id for j in store.recent(None, 10)] == ["c", "b", "a"]
         assert [j.id for j in store.recent(FAILED, 10)] == ["b"]
+        assert store.unfinished("c") and not store.unfinished("a")
+        assert not store.unfinished("nonesuch")
         assert store.purge(15.0) == 1  # a finished before then; b after
         assert store.get("a") is None and store.counts()[DONE] == 0
         assert store.counts()[FAILED] == 1
