@@ -60,7 +60,7 @@ class Broker:
         # ZeroMQ silently disconnects a peer that sends a frame (not a message: each frame)
         # over MAXMSGSIZE, and its client then hears nothing. So the bound is the protocol's
         # own frame limit, over any body and any payload a client may send, not
-        # max_payload_bytes: a payload over that limit arrives, and gets a Rejected (_check).
+        # max_payload_bytes: a payload over that limit arrives, and gets a Rejected (checks).
         self.sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_DATA)
         # A ROUTER drops what does not fit a client's queue: room for a big pipelined map.
         self.sock.setsockopt(zmq.SNDHWM, 200_000)
@@ -85,8 +85,8 @@ class Broker:
     def drain(self) -> None:
         for frames in wire.waiting(self.sock):
             try:
-                # Payload size is checked in _check, to answer with a rejection; ZeroMQ's own
-                # limit (MAXMSGSIZE) already keeps each frame that arrives bounded.
+                # Payload size is checked by submit_problem, to answer with a rejection;
+                # ZeroMQ's own limit (MAXMSGSIZE) already keeps each frame that arrives bounded.
                 message = wire.decode(frames[1:])
             except wire.ProtocolError as exc:
                 self.dropped += 1
