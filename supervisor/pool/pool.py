@@ -18,7 +18,7 @@ from supervisor.pool.lifecycle import Event, Kill, Policy, Spawn, WorkerState, r
 from supervisor.pool.rollout import Rollout
 from supervisor.pool.slot import WorkerSlot, worker_spec
 from supervisor.pool.spare import RETRY, Spare
-from supervisor.pool.spawner import (Spawner, WorkerProcess, describe_death, describe_load_error)
+from supervisor.pool.spawner import Spawner, WorkerProcess, describe_death, describe_load_error
 from supervisor.proto import wire
 from supervisor.proto.spec import WorkerSpec
 

@@ -46,11 +46,11 @@ class Spare:
         if self.due is None and standby and all_serving:
             self.due = now
         if standby or surge:
-            self.tend(now, generation)
+            self._tend(now, generation)
         elif self.proc is not None and self.ready:
             self.discard()  # the surge worker of a reload that needs it no more
 
-    def tend(self, now: float, generation: int) -> None:
+    def _tend(self, now: float, generation: int) -> None:
         """Spawn one if it is due; kill one that does not load in time."""
         if self.proc is not None:
             if not self.ready and now - self.spawned_at > self.load_timeout:
