@@ -24,6 +24,9 @@ import pytest
 from supervisor.proto.marker import MARKER_ENV, InstanceMarker
 from supervisor.proto.pidfile import running_pid
 
+# The fixtures nats_server and nats_cluster: real NATS JetStream servers.
+pytest_plugins = ["tests.nats_servers"]
+
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 

@@ -16,7 +16,7 @@ import click
 from supervisor.cli import progress, render
 from supervisor.cli.common import CliExit, _call, _config, _paths, _running, fail
 from supervisor.client import (Client, DaemonNotRunning, JobDead, JobError, JobFailed, JobRejected,
-                               encode_payload)
+                               QueueUnreachable, SharedClient, encode_payload)
 from supervisor.conf.settings import Config
 from supervisor.jobs.journal import STATES, Journal, StoredJob
 from supervisor.proto import wire
@@ -54,11 +54,16 @@ def _read_jsonl(path: str, limit: int, id_field: str | None) -> list[tuple[Any, 
 
 
 def _client(config: Config) -> Client:
-    _running(_paths(config))
+    """The client of the daemon here; with the NATS backend and no daemon here, one of the
+    shared queue itself."""
+    if config.queue.backend != "nats":
+        _running(_paths(config))
     try:
         return Client(config)
     except DaemonNotRunning as exc:
         fail(3, str(exc))
+    except QueueUnreachable as exc:
+        fail(1, str(exc))
 
 
 @click.command()
@@ -116,7 +121,7 @@ def submit(ctx: click.Context, task: str, payload_json: str | None, wait: bool,
                 else:
                     code = _submit_many(client, task, jobs, id_field, sys.stdout, timeout,
                                         shown, "on stdout")
-            except TimeoutError as exc:  # --timeout, or a submit never answered
+            except (TimeoutError, QueueUnreachable) as exc:  # --timeout, or never answered
                 fail(1, str(exc))
         if code:
             fail(code, "some jobs did not end done; see their lines in the output")
@@ -133,7 +138,7 @@ def submit(ctx: click.Context, task: str, payload_json: str | None, wait: bool,
             fail(2, f"rejected: {exc}")
         except (JobFailed, JobDead) as exc:
             fail(1, str(exc))
-        except TimeoutError as exc:
+        except (TimeoutError, QueueUnreachable) as exc:
             fail(1, str(exc))
 
 
@@ -312,12 +317,20 @@ class _NoJournal:
         pass
 
 
-def _journal_without_daemon(config: Config) -> Journal | _NoJournal | None:
+def _journal_without_daemon(config: Config) -> Journal | _NoJournal | SharedClient | None:
     """None while a daemon runs (ask it: it knows which jobs run); else its journal, read
-    directly (the SQLite backend keeps every job there), with a note on stderr."""
+    directly (the SQLite backend keeps every job there), or the shared queue (NATS), with
+    a note on stderr."""
     paths = _paths(config)
     if running_pid(paths.pidfile) is not None:
         return None
+    if config.queue.backend == "nats":
+        click.echo(f"docbrain is not running here: jobs as the shared queue has them "
+                   f"(NATS stream {config.queue.nats.stream})", err=True)
+        try:
+            return SharedClient(config)
+        except QueueUnreachable as exc:
+            fail(1, str(exc))
     click.echo(f"docbrain is not running: jobs as its journal has them "
                f"(state_dir {paths.state_dir})", err=True)
     if not os.path.exists(paths.journal):

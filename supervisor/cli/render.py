@@ -68,6 +68,13 @@ def status(data: dict[str, Any]) -> str:
         if queue.get("retrying"):
             shown[0] += f" ({queue['retrying']:,} waiting to retry)"
         lines.append("queue: " + ", ".join(shown))
+    store = data.get("store") or {}
+    if store.get("backend") == "nats":
+        where = f"on {store['server']}" if store.get("server") else \
+            f"NOT CONNECTED ({store.get('problem') or 'reconnecting'})"
+        lines.append(clip(f"shared: stream {store['stream']} {where}: "
+                          f"{store['stream_pending']:,} waiting, "
+                          f"{store['stream_running']:,} leased (all hosts)"))
     rows = []
     for w in workers:
         note = w["reason"] if w["state"] == "FATAL" else (w["last_exit"] or "-")

@@ -18,8 +18,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from supervisor.conf.settings import (DEFAULT_MODELS, FORBIDDEN_ENV, SECTIONS, Between, Config,
-                                      ModelSettings)
+from supervisor.conf.settings import (DEFAULT_MODELS, FORBIDDEN_ENV, SECTIONS, TABLES, Between,
+                                      Config, ModelSettings, NatsSettings, settings_of,
+                                      subtables)
 from supervisor.proto.marker import MARKER_ENV, SLOT_ENV
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -92,12 +93,14 @@ def _parse_env_value(text: str, kind: Any, where: str) -> Any:
 
 
 def _field_types(section_cls: type) -> dict[str, Any]:
+    """The settings of a table and their types (its nested tables are not among them)."""
     hints = typing.get_type_hints(section_cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
+    return {f.name: hints[f.name] for f in settings_of(section_cls)}
 
 
 def setting_var(section: str, key: str) -> str:
-    return f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+    """The variable of a setting: DOCBRAIN_WORKERS_COUNT, DOCBRAIN_QUEUE_NATS_SERVERS."""
+    return f"{ENV_PREFIX}{section.upper().replace('.', '_')}_{key.upper()}"
 
 
 def unknown_setting_var(var: str) -> str | None:
@@ -109,8 +112,9 @@ def unknown_setting_var(var: str) -> str | None:
     """
     if not var.startswith(ENV_PREFIX) or var in NOT_SETTINGS or var.startswith(ENV_SECTION):
         return None
-    known = {setting_var(section, f.name): f"{section.upper()}_{f.name.upper()}"
-             for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+    known = {var: var[len(ENV_PREFIX):] for var in (
+        setting_var(section, f.name) for section, cls in TABLES.items()
+        for f in dataclasses.fields(cls))}
     if var in known:
         return None
     rest = var[len(ENV_PREFIX):]
@@ -169,7 +173,7 @@ def load_config(
     """
     environ = os.environ if environ is None else environ
     path = path or environ.get(CONFIG_ENV) or None
-    values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    values: dict[str, dict[str, Any]] = {name: {} for name in TABLES}
     env_vars: dict[str, str] = {}
     models: Mapping[str, ModelSettings] = DEFAULT_MODELS
 
@@ -190,23 +194,22 @@ def load_config(
             if section not in SECTIONS:
                 raise ConfigError(f"{section}: unknown section (known: "
                                   f"{', '.join([*SECTIONS, 'models', 'env'])})")
-            if not isinstance(table, dict):
-                raise ConfigError(f"{section}: expected a table, got {_type_name(table)}")
-            types = _field_types(SECTIONS[section])
-            for key, value in table.items():
-                if key not in types:
-                    raise ConfigError(f"{section}.{key}: unknown key")
-                values[section][key] = _coerce(value, types[key], f"{section}.{key}")
+            _read_table(section, table, values)
 
     for var in sorted(environ):  # sorted: the same variable is named first every time
         problem = unknown_setting_var(var)
         if problem:
             raise ConfigError(f"{var}: {problem}")
-    for section, cls in SECTIONS.items():
+    for section, cls in TABLES.items():
         for key, kind in _field_types(cls).items():
             var = setting_var(section, key)
             if var in environ:
                 values[section][key] = _parse_env_value(environ[var], kind, var)
+        for key in subtables(cls):
+            var = setting_var(section, key)
+            if var in environ:
+                raise ConfigError(f"{var}: [{section}.{key}] is a table; its keys are set "
+                                  f"by {setting_var(f'{section}.{key}', '<KEY>')}")
     for var, text in environ.items():
         if var.startswith(ENV_SECTION):
             name, value = _env_entry(var[len(ENV_SECTION):], text, var)
@@ -215,31 +218,66 @@ def load_config(
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
-        section, key = dotted.split(".", 1)
-        values[section][key] = _coerce(value, _field_types(SECTIONS[section])[key], dotted)
+        section, key = dotted.rsplit(".", 1)
+        values[section][key] = _coerce(value, _field_types(TABLES[section])[key], dotted)
 
-    built: dict[str, Any] = {}
-    for section, cls in SECTIONS.items():
-        obj = cls(**values[section])
-        for f in dataclasses.fields(cls):
-            check = f.metadata.get("check")
-            problem = check(getattr(obj, f.name)) if check else None
-            if problem:
-                raise ConfigError(f"{section}.{f.name}: {problem}")
-        built[section] = obj
+    built = {section: _build(section, values) for section in SECTIONS}
     if not built["supervisor"].state_dir:
         built["supervisor"] = dataclasses.replace(
             built["supervisor"], state_dir=default_state_dir(environ))
     state_dir = os.path.abspath(os.path.expanduser(built["supervisor"].state_dir))
     built["supervisor"] = dataclasses.replace(built["supervisor"], state_dir=state_dir)
+    base = os.path.dirname(path) if path else os.getcwd()  # of relative paths
     built["workers"] = dataclasses.replace(built["workers"], task_path=_task_path(
-        built["workers"].task_path, os.path.dirname(path) if path else os.getcwd()))
+        built["workers"].task_path, base))
+    built["queue"] = dataclasses.replace(built["queue"], nats=_nats_files(built["queue"].nats,
+                                                                          base))
     if built["restart"].backoff_max < built["restart"].backoff_start:
         raise ConfigError("restart.backoff_max: must not be below restart.backoff_start")
     if built["queue"].retry_backoff_max < built["queue"].retry_backoff:
         raise ConfigError("queue.retry_backoff_max: must not be below queue.retry_backoff")
     return Config(**built, models=MappingProxyType(models), env=MappingProxyType(env_vars),
                   path=path)
+
+
+def _read_table(name: str, table: Any, values: dict[str, dict[str, Any]]) -> None:
+    """One table of the file (and the tables in it) into `values`, by dotted table name."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{name}: expected a table, got {_type_name(table)}")
+    types, nested = _field_types(TABLES[name]), subtables(TABLES[name])
+    for key, value in table.items():
+        where = f"{name}.{key}"
+        if key in nested:
+            _read_table(where, value, values)
+        elif key in types:
+            values[name][key] = _coerce(value, types[key], where)
+        else:
+            raise ConfigError(f"{where}: unknown key")
+
+
+def _build(name: str, values: dict[str, dict[str, Any]]) -> Any:
+    """The dataclass of one table (its own tables first), each setting checked, and each
+    of its tables as a whole (a table's check begins with the key: "KEY: ...")."""
+    cls = TABLES[name]
+    nested = {key: _build(f"{name}.{key}", values) for key in subtables(cls)}
+    obj = cls(**values[name], **nested)
+    for f in dataclasses.fields(cls):
+        check = f.metadata.get("check")
+        problem = check(getattr(obj, f.name)) if check else None
+        if problem:
+            raise ConfigError(f"{name}.{f.name}{'.' if f.name in nested else ': '}{problem}")
+    return obj
+
+
+def _nats_files(nats: NatsSettings, base: str) -> NatsSettings:
+    """The files of [queue.nats] made absolute (relative to `base`), each an existing file."""
+    files: dict[str, Any] = {}
+    for key in ("creds", "nkey", "tls_ca", "tls_cert", "tls_key"):
+        if entry := getattr(nats, key):
+            files[key] = os.path.normpath(os.path.join(base, os.path.expanduser(entry)))
+            if not os.path.isfile(files[key]):
+                raise ConfigError(f"queue.nats.{key}: {entry!r} is not a file ({files[key]})")
+    return dataclasses.replace(nats, **files)
 
 
 def _task_path(entries: tuple[str, ...], base: str) -> tuple[str, ...]:
@@ -295,25 +333,38 @@ def _toml_value(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _render_table(name: str, cls: type, lines: list[str]) -> None:
+    """[name], each setting's help and default, then its own tables ([name.KEY])."""
+    lines.append(f"[{name}]")
+    defaults = cls()
+    for f in settings_of(cls):
+        text = str(f.metadata["help"])
+        check = f.metadata["check"]
+        if isinstance(check, Between):
+            text += f" From {check.low} to {check.high}."
+        lines += textwrap.wrap(text, 88, initial_indent="# ", subsequent_indent="# ",
+                           break_on_hyphens=False)
+        lines.append(f"{f.name} = {_toml_value(getattr(defaults, f.name))}")
+    lines.append("")
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("table"):
+            lines += textwrap.wrap(str(f.metadata["help"]), 88, initial_indent="# ",
+                                   subsequent_indent="# ")
+            _render_table(f"{name}.{f.name}", f.metadata["table"], lines)
+
+
 def render_example(guard_defaults: Mapping[str, str]) -> str:
     """The example configuration file: every key, its default and its help text."""
     lines = [
         "# DocBrain supervisor configuration (generated by `docbrainctl config --example`).",
         "# Every key is optional; the values below are the defaults.",
         "# Precedence: defaults < this file < DOCBRAIN_<SECTION>_<KEY> variables < CLI flags.",
+        "# The variable of a key of a table in a section, [section.table], is",
+        "# DOCBRAIN_<SECTION>_<TABLE>_<KEY>: DOCBRAIN_QUEUE_NATS_SERVERS for [queue.nats] servers.",
         "",
     ]
     for section, cls in SECTIONS.items():
-        lines.append(f"[{section}]")
-        defaults = cls()
-        for f in dataclasses.fields(cls):
-            text = str(f.metadata["help"])
-            check = f.metadata["check"]
-            if isinstance(check, Between):
-                text += f" From {check.low} to {check.high}."
-            lines += textwrap.wrap(text, 88, initial_indent="# ", subsequent_indent="# ")
-            lines.append(f"{f.name} = {_toml_value(getattr(defaults, f.name))}")
-        lines.append("")
+        _render_table(section, cls, lines)
     lines += [
         "# Models, loaded once by the daemon before any worker starts and shared with the",
         "# workers. Without a [models] table: the built-in default below. An empty [models]",

@@ -8,46 +8,61 @@ from the dataclasses below, so a setting is added by adding one field here.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-# A check returns None when the value is acceptable, else what is wrong with it.
-Check = Callable[[Any], "str | None"]
+# The checks and the masks of secrets are supervisor.conf.checks's; Between, bounds_of's
+# kind of check, and redacted_url, for the code that logs a server's URL, are here too.
+from supervisor.conf.checks import (Between, Check, above, at_least, listen_address, masked,
+                                    nats_table, one_of, redacted_url, redacted_urls,
+                                    server_urls, stream_name)
 
 
-def _setting(default: Any, help: str, check: Check | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "check": check})
+def _setting(default: Any, help: str, check: Check | None = None,
+             shown: Callable[[Any], Any] | None = None) -> Any:
+    """One setting. `shown` turns its value into what may be printed (a secret's mask)."""
+    return field(default=default, metadata={"help": help, "check": check, "shown": shown})
 
 
-def at_least(low: float) -> Check:
-    return lambda v: None if v >= low else f"must be at least {low}, got {v}"
+def _table(cls: type, help: str, check: Check | None = None) -> Any:
+    """A table of settings inside a section: [section.NAME] in the file, the variables
+    DOCBRAIN_<SECTION>_<NAME>_<KEY> in the environment. Its `check` sees the whole table,
+    after each setting's own, and begins what it finds wrong with the key: "KEY: ..."."""
+    return field(default_factory=cls, metadata={"help": help, "check": check, "table": cls})
 
 
-def above(low: float) -> Check:
-    return lambda v: None if v > low else f"must be greater than {low}, got {v}"
+def subtables(cls: type) -> dict[str, type]:
+    """The fields of a table that are tables of their own, name -> their dataclass."""
+    return {f.name: f.metadata["table"] for f in dataclasses.fields(cls)
+            if f.metadata.get("table")}
 
 
-class Between:
-    """A check with bounds that others can read: the CLI gives them to click, so that a
-    flag and the file refuse the same values."""
-
-    def __init__(self, low: int, high: int) -> None:
-        self.low, self.high = low, high
-
-    def __call__(self, value: Any) -> str | None:
-        if value < self.low:
-            return f"must be at least {self.low}, got {value}"
-        if value > self.high:
-            return f"must be at most {self.high}, got {value}"
-        return None
+def settings_of(cls: type) -> list[dataclasses.Field[Any]]:
+    """The fields of a table that are settings (not tables)."""
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("table")]
 
 
-def one_of(*choices: str) -> Check:
-    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
+def shown(table: Any) -> dict[str, Any]:
+    """A table's values as `docbrainctl config` prints them: lists for tuples, nested tables
+    as dicts, and secrets masked (passwords, tokens, a server URL's user:password@)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(table):
+        value = getattr(table, f.name)
+        if f.metadata.get("table"):
+            out[f.name] = shown(value)
+            continue
+        if f.metadata.get("shown"):
+            value = f.metadata["shown"](value)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _masked_repr(table: Any) -> str:
+    """The repr of a table with secrets: its values as `shown` masks them."""
+    return f"{type(table).__name__}({', '.join(f'{k}={v!r}' for k, v in shown(table).items())})"
 
 
 @dataclass(frozen=True)
@@ -133,7 +148,69 @@ class RestartSettings:
 
 
 @dataclass(frozen=True)
+class NatsSettings:
+    """The [queue.nats] table: the shared queue of backend = "nats"."""
+    servers: tuple[str, ...] = _setting(
+        ("nats://127.0.0.1:4222",),
+        "URLs of the NATS servers (nats://, tls://, ws:// or wss://, then HOST[:PORT]); the "
+        "client tries them in turn and reconnects to any of them. In the environment: "
+        "DOCBRAIN_QUEUE_NATS_SERVERS, comma-separated or a TOML list. Credentials belong in "
+        "the keys below; a user:password@ in a URL is never printed.",
+        server_urls, redacted_urls,
+    )
+    stream: str = _setting(
+        "DOCBRAIN", "JetStream stream that holds the queue: created if missing, checked if "
+        "present. Every host sharing the queue names the same stream. Letters, digits, _ "
+        "and - only.", stream_name,
+    )
+    replicas: int = _setting(
+        1, "Copies of the stream the NATS cluster keeps: 1 for a single server, at most the "
+        "number of servers in the cluster.", Between(1, 5),
+    )
+    ack_wait: float = _setting(
+        30.0, "Seconds a host that took jobs and went silent (crashed, cut off) keeps them "
+        "before the server hands them to another host.", at_least(1),
+    )
+    connect_timeout: float = _setting(
+        2.0, "Seconds to wait for a server to accept the connection before trying the next.",
+        above(0),
+    )
+    creds: str = _setting(
+        "", "Credentials file (a user JWT and its NKey seed, as `nsc` writes it). Set at most "
+        "one kind of credentials: creds, nkey, user and password, or token. A relative path "
+        "here or in nkey and tls_* is relative to the configuration file's directory.",
+    )
+    nkey: str = _setting("", "NKey seed file to authenticate with.")
+    user: str = _setting("", "User name to authenticate with, set together with password.")
+    password: str = _setting(
+        "", "Password of user. Printed as ***; DOCBRAIN_QUEUE_NATS_PASSWORD keeps it out of "
+        "the file.", shown=masked,
+    )
+    token: str = _setting(
+        "", "Authentication token. Printed as ***; DOCBRAIN_QUEUE_NATS_TOKEN keeps it out of "
+        "the file.", shown=masked,
+    )
+    tls_ca: str = _setting(
+        "", "CA certificate file (PEM) the servers' certificates are checked against "
+        "(empty: the system's).",
+    )
+    tls_cert: str = _setting(
+        "", "Client certificate file (PEM), for servers that check their clients; set "
+        "together with tls_key.",
+    )
+    tls_key: str = _setting("", "Private key file (PEM) of tls_cert.")
+
+    __repr__ = _masked_repr
+
+
+@dataclass(frozen=True)
 class QueueSettings:
+    backend: str = _setting(
+        "sqlite", "Where the job queue lives: sqlite, a journal in state_dir that this host "
+        "alone uses (nothing else to run); nats, one queue shared by every host that names "
+        "the same NATS JetStream stream in [queue.nats] (needs nats-py: pip install "
+        "'docbrain-supervisor[nats]').", one_of("sqlite", "nats"),
+    )
     max_attempts: int = _setting(
         3, "Runs of a job that may be lost (worker died, hung or passed the time limit) "
         "before the job is dead-lettered.", at_least(1)
@@ -158,16 +235,10 @@ class QueueSettings:
         "normal", "Journal durability: normal survives a killed daemon; full also survives "
         "power loss, at one fsync per group commit.", one_of("normal", "full")
     )
-
-
-def _listen_address(value: str) -> str | None:
-    if value == "localhost":
-        return None
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return f"must be an IPv4 or IPv6 address or localhost, got {value!r}"
-    return None
+    nats: NatsSettings = _table(
+        NatsSettings, "The NATS JetStream servers of backend = \"nats\" and how to reach "
+        "them. Read with that backend only, but checked with either.", nats_table,
+    )
 
 
 @dataclass(frozen=True)
@@ -180,7 +251,7 @@ class MetricsSettings:
         "127.0.0.1", "Address the /metrics endpoint listens on: an IP address or localhost. "
         "Any but a loopback address exposes the metrics (task names, job and worker counts) "
         "to the network, unauthenticated: that is the operator's explicit choice.",
-        _listen_address,
+        listen_address,
     )
 
 
@@ -218,6 +289,19 @@ SECTIONS: Mapping[str, type] = MappingProxyType({
 })
 
 
+def _with_subtables(tables: Mapping[str, type]) -> dict[str, type]:
+    out: dict[str, type] = {}
+    for name, cls in tables.items():
+        out[name] = cls
+        out.update(_with_subtables({f"{name}.{k}": c for k, c in subtables(cls).items()}))
+    return out
+
+
+# Every table of settings by its dotted name, each section followed by its own tables:
+# "queue", "queue.nats", ...
+TABLES: Mapping[str, type] = MappingProxyType(_with_subtables(SECTIONS))
+
+
 # Variables that must never be set: it hides the fork-after-ObjC-init crash instead of
 # avoiding it (we never fork a process that has imported torch).
 FORBIDDEN_ENV = frozenset({"OBJC_DISABLE_INITIALIZE_FORK_SAFETY"})
@@ -247,19 +331,15 @@ class Config:
         return tuple(dict.fromkeys([*self.workers.task_path, *entries]))
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name in SECTIONS:
-            out[name] = {
-                k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(getattr(self, name)).items()
-            }
+        """The configuration as `docbrainctl config` prints it, secrets masked."""
+        out: dict[str, Any] = {name: shown(getattr(self, name)) for name in SECTIONS}
         out["models"] = {name: dataclasses.asdict(m) for name, m in self.models.items()}
         out["env"] = dict(self.env)
         return out
 
 
 def _field(section: str, key: str) -> dataclasses.Field[Any]:
-    for f in dataclasses.fields(SECTIONS[section]):
+    for f in dataclasses.fields(TABLES[section]):
         if f.name == key:
             return f
     raise KeyError(f"{section}.{key}")

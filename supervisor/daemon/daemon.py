@@ -29,6 +29,7 @@ from supervisor.daemon.report import Reporter
 from supervisor.daemon.signals import Signals
 from supervisor.daemon.requests import ControlRequests
 from supervisor.jobs.broker import Broker
+from supervisor.jobs.store import StoreError
 from supervisor.pool import stale
 from supervisor.pool.lifecycle import SERVING_STATES, Event
 from supervisor.pool.pool import WorkerPool
@@ -60,6 +61,9 @@ class Daemon:
         # Read (and removed from the environment, so workers do not inherit it) first.
         self.notifier = Notifier()
         self.reloader = Reloader(self, dict(os.environ), dict(overrides or {}))
+        # What reaches NATS (credentials among it) is the daemon's: no worker inherits it.
+        for name in [n for n in os.environ if n.startswith("DOCBRAIN_QUEUE_NATS_")]:
+            del os.environ[name]
         self.metrics: Metrics | None = None
         self.models: dict[str, Any] = {}
         self.ready_sent = False
@@ -124,7 +128,11 @@ class Daemon:
         except ModelLoadError as exc:
             log.error("startup failed: %s", exc)
             return 1
-        self._open_sockets()
+        try:
+            self._open_sockets()
+        except StoreError as exc:
+            log.error("startup failed: %s", exc)
+            return 1
         self.pool = WorkerPool(self.config, self.paths.endpoint("workers"), self.pid,
                                Spawner(self.paths.state_dir), self._send_to_worker,
                                self.broker, self.models)
@@ -156,9 +164,11 @@ class Daemon:
 
     def _loop(self) -> None:
         poller = zmq.Poller()
+        store_fd = self.broker.store.wakeup_fd()  # a shared store: jobs pulled for us
         for watched in (self.control.sock, self.broker.sock, self.workers_sock,
-                        self.signals.fileno()):
-            poller.register(watched, zmq.POLLIN)
+                        self.signals.fileno(), store_fd):
+            if watched is not None:
+                poller.register(watched, zmq.POLLIN)
         pipes: set[int] = set()
         while not (self.state == "stopping" and self.pool.all_exited()):
             fds = self.pool.stderr_fds()
@@ -182,6 +192,8 @@ class Daemon:
                 self.control.drain()
             if self.broker.sock in events:
                 self.broker.drain()
+            if store_fd is not None and store_fd in events:
+                self.broker.store.woken()
             now = time.monotonic()
             # Pipes before results: a worker says "starting" on its pipe before it runs.
             for fd, proc in fds.items():

@@ -3,9 +3,9 @@
     idle/done/failed --request--> (loading models) --> rolling --> done
                                                               \\--> failed (reverted)
 
-A file that does not load, or a changed state_dir, is refused: nothing changes. Changed
-models are loaded in a thread, so the loop keeps serving meanwhile; one that fails to load
-fails the reload. Then the new configuration is committed: settings the daemon reads as it
+A file that does not load, a changed state_dir, or a changed queue backend or NATS
+settings in use, is refused: nothing changes. Changed models are loaded in a thread, so
+the loop keeps serving meanwhile; one that fails to load fails the reload. Then the new configuration is committed: settings the daemon reads as it
 goes (restart policy, queue limits, log level) apply at once, and when anything a worker is
 started with changed (tasks, environment, models, worker settings) the pool replaces its
 workers one at a time, each by a loaded worker of the new configuration, so no slot goes
@@ -123,6 +123,11 @@ class Reloader:
         if new.supervisor.state_dir != old.supervisor.state_dir:
             raise self._refuse(why, "supervisor.state_dir cannot change while running; "
                                     "use docbrainctl restart")
+        # Compared as settings, not as to_dict(): that masks a changed password.
+        if (new.queue.backend, new.queue.nats) != (old.queue.backend, old.queue.nats) and \
+                (new.queue.backend == "nats" or old.queue.backend == "nats"):
+            raise self._refuse(why, "queue.backend and [queue.nats] cannot change while "
+                                    "running; use docbrainctl restart")
         if new.metrics != old.metrics:
             try:
                 self.d.switch_metrics(new.metrics)

@@ -16,6 +16,7 @@ from supervisor.daemon.reload import Reloader, ReloadError
 from supervisor.jobs import query
 from supervisor.jobs.broker import Broker
 from supervisor.jobs.journal import STATES
+from supervisor.jobs.store import StoreError
 from supervisor.pool.pool import WorkerPool
 from supervisor.proto.control import ControlServer, Handler, RequestError
 from supervisor.proto.paths import StatePaths
@@ -88,13 +89,19 @@ class ControlRequests:
             raise RequestError(f"jobs: limit must be an integer from 1 to {MAX_LIST}, "
                                f"got {limit!r}")
         broker = self.d.broker
-        return {"jobs": query.recent(broker.store, broker.held, state, limit)}
+        try:
+            return {"jobs": query.recent(broker.store, broker.held, state, limit)}
+        except (StoreError, TimeoutError) as exc:  # a shared store out of reach
+            raise RequestError(f"jobs: {exc}") from None
 
     def job(self, args: dict[str, Any]) -> dict[str, Any]:
         job_id = args.get("id")
         broker = self.d.broker
-        info = query.job_info(broker.store, broker.held, job_id) \
-            if isinstance(job_id, str) else None
+        try:
+            info = query.job_info(broker.store, broker.held, job_id) \
+                if isinstance(job_id, str) else None
+        except (StoreError, TimeoutError) as exc:
+            raise RequestError(f"job {job_id}: {exc}") from None
         if info is None:
             raise RequestError(f"no such job: {job_id}")
         return {"job": info}
@@ -126,6 +133,7 @@ class ControlRequests:
                 "metrics_port": self.d.metrics.port if self.d.metrics else None,
             },
             "queue": self.d.broker.status(),
+            "store": self.d.broker.store.status(),
             "workers": workers,
             "env": self.d.guards,
         }

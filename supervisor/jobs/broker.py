@@ -20,9 +20,9 @@ import zmq
 from supervisor.conf.settings import Config
 from supervisor.jobs.checks import retry_delay, submit_problem
 from supervisor.jobs.held import HeldJobs, QueuedJob
-from supervisor.jobs.journal import DEAD, DONE, FAILED, PENDING
+from supervisor.jobs.journal import DEAD, DONE, FAILED, FINAL_STATES, PENDING
 from supervisor.jobs.sqlite import SqliteStore
-from supervisor.jobs.store import JobStore
+from supervisor.jobs.store import Commit, JobStore
 from supervisor.proto import wire
 
 log = logging.getLogger("supervisor.jobs")
@@ -46,6 +46,14 @@ def _seconds(info: Any, key: str) -> float | None:
     return float(value)
 
 
+def open_store(config: Config, journal_path: str) -> JobStore:
+    """The store that `[queue] backend` names (NATS's client is imported only for it)."""
+    if config.queue.backend == "nats":
+        from supervisor.jobs.natsstore import NatsStore
+        return NatsStore(config)
+    return SqliteStore(journal_path, config.queue.synchronous)
+
+
 def _job_results(ends: list[End]) -> wire.JobResult:
     return wire.JobResult(ids=[e[0] for e in ends], states=[e[1] for e in ends],
                           errors=[e[2] for e in ends], data=[e[3] for e in ends])
@@ -65,7 +73,7 @@ class Broker:
         # A ROUTER drops what does not fit a client's queue: room for a big pipelined map.
         self.sock.setsockopt(zmq.SNDHWM, 200_000)
         self.sock.bind(endpoint)
-        self.store: JobStore = SqliteStore(journal_path, q.synchronous)
+        self.store = open_store(config, journal_path)
         self.held = HeldJobs(q.max_attempts)
         self.catalog: dict[str, dict[str, Any]] = {}
         self.deferred: list[tuple[bytes, str, str, bool, bytes]] = []
@@ -218,16 +226,17 @@ class Broker:
                     send(routing_id, wire.Revoke(ids=ids))
         if free:  # the credit of busy workers is lent to the free ones: as many in flight
             credit = credit * len(slots) // len(free)
-        fed = []
+        fed, wanted = [], 0
         for slot, routing_id in sorted(free, key=lambda s: self.held.held(s[0])):
-            if not self.store.waiting():
-                break
-            jobs = self.store.lease(credit - self.held.held(slot))
+            room = credit - self.held.held(slot)
+            jobs = self.store.lease(room) if room > 0 and self.store.waiting() else []
+            wanted += max(0, room - len(jobs))
             if jobs:
                 self.held.hold(slot, jobs)
                 send(routing_id, wire.Job(ids=[j.id for j in jobs], tasks=[j.task for j in jobs],
                                           data=[j.payload for j in jobs]))
                 fed.append(slot)
+        self.store.want(wanted)  # a shared store pulls that many for the next pass
         return fed
 
     def on_revoked(self, slot: int, msg: wire.Revoked) -> bool:
@@ -256,7 +265,10 @@ class Broker:
             purged = self.store.purge(now - self.config.queue.result_ttl)
             if purged:
                 log.info("journal: purged %d finished job(s) past result_ttl", purged)
-        self.store.commit()
+        for job_id in self.store.finished_elsewhere():
+            if job_id in self.waiters:
+                self._ended_elsewhere(job_id)
+        self._committed(self.store.commit())
         out: list[tuple[bytes, list[bytes]]] = [(c, wire.encode(m)) for c, m in self.rejected]
         for client, ids in self.acks.items():
             out += [(client, f) for f in wire.encode_many(lambda i: wire.Accepted(ids=i), ids)]
@@ -269,6 +281,37 @@ class Broker:
             except zmq.ZMQError as exc:
                 log.debug("queue: reply to a gone client dropped: %s", exc)
 
+    def _committed(self, commit: Commit) -> None:
+        """A shared store found some submits resent (the job exists: its waiters wait on
+        it as it is) or could not keep them (their submitters are refused)."""
+        if commit.refused:
+            for client, ids in self.acks.items():
+                if any(i in commit.refused for i in ids):
+                    self.rejected += [(client, wire.Rejected(id=i, error=commit.refused[i]))
+                                      for i in ids if i in commit.refused]
+                    self.acks[client] = [i for i in ids if i not in commit.refused]
+            for job_id in commit.refused:
+                self.waiters.pop(job_id, None)
+        if commit.unanswered:
+            unsure = set(commit.unanswered)
+            for client, ids in self.acks.items():
+                self.acks[client] = [i for i in ids if i not in unsure]
+        for job_id in commit.duplicates:
+            if job_id in self.waiters:
+                self._ended_elsewhere(job_id)
+
+    def _ended_elsewhere(self, job_id: str) -> None:
+        """Tell the clients waiting here on a job another host (or an earlier run) ended."""
+        try:
+            stored = self.store.get(job_id)
+        except Exception as exc:  # a shared store out of reach: the waiters wait on
+            log.debug("queue: job %s not read: %s", job_id, exc)
+            return
+        if stored is not None and stored.state in FINAL_STATES:
+            for client in self.waiters.pop(job_id, ()):
+                self._tell(client, job_id, stored.state, stored.error,
+                           stored.result or b"null")
+
     def reconfigure(self, config: Config) -> None:
         """A reload: limits apply to what comes next (the journal and socket stay)."""
         self.config = config
@@ -276,7 +319,7 @@ class Broker:
 
     def status(self) -> dict[str, int]:
         running, counts = len(self.held.running), self.store.counts()
-        return {"pending": counts[PENDING] - running, "retrying": self.store.delayed(),
+        return {"pending": max(0, counts[PENDING] - running), "retrying": self.store.delayed(),
                 "running": running,
                 "done": counts[DONE], "failed": counts[FAILED],
                 "dead": counts[DEAD], "duplicate_runs": self.held.duplicate_runs}

@@ -14,6 +14,9 @@ from typing import Any
 
 from supervisor.jobs.held import QueuedJob
 from supervisor.jobs.journal import PENDING, Journal, StoredJob
+from supervisor.jobs.store import Commit
+
+NOTHING_FOUND = Commit()  # a journal refuses nothing, and finds resent submits at `submit`
 
 log = logging.getLogger("supervisor.jobs")
 
@@ -76,8 +79,15 @@ class SqliteStore:
         self._counts[PENDING] -= 1
         self._counts[state] += 1
 
-    def commit(self) -> None:
+    def want(self, count: int) -> None:
+        pass  # every waiting job is in memory already
+
+    def commit(self) -> Commit:
         self.journal.commit()
+        return NOTHING_FOUND
+
+    def finished_elsewhere(self) -> list[str]:
+        return []
 
     def unfinished(self, job_id: str) -> bool:
         return job_id in self._unfinished
@@ -118,6 +128,15 @@ class SqliteStore:
             self.journal.commit()
             self._counts = self.journal.counts()
         return purged
+
+    def wakeup_fd(self) -> int | None:
+        return None
+
+    def woken(self) -> None:
+        pass
+
+    def status(self) -> dict[str, Any]:
+        return {"backend": "sqlite"}
 
     def close(self) -> None:
         self.journal.close()

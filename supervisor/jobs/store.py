@@ -10,18 +10,37 @@ with `retry`. `get`, `recent` and `counts` answer the queries of `docbrainctl jo
 and `status`.
 
 The first implementation is the journal of one host (supervisor.jobs.sqlite: SQLite, the
-order of waiting jobs in memory). A store shared by several hosts implements the same
-methods: `lease` pulls from the shared queue as much as this host's workers have credit for,
-`requeue` and `lose` hand a job back to any host at once, and `commit` is where what was
-written this pass becomes durable before anyone is told.
+order of waiting jobs in memory). The store shared by several hosts
+(supervisor.jobs.natsstore: NATS JetStream) implements the same methods: `lease` hands out
+what was pulled from the shared queue, `want` says how much more this host's workers have
+credit for, `requeue` and `lose` hand a job back to any host at once, `commit` is where
+what was written this pass becomes durable before anyone is told (and where a submit can
+be found to be a resent one, or refused), and `finished_elsewhere` names the jobs another
+host ended, for the clients here that wait on them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from supervisor.jobs.held import QueuedJob
 from supervisor.jobs.journal import StoredJob
+
+
+class StoreError(Exception):
+    """The store cannot be opened as configured: one line for the user."""
+
+
+@dataclass
+class Commit:
+    """What a commit found: submits that were resent ones (the job exists); submits the
+    store could not keep, with why (their submitters are told; nothing was stored); and
+    submits it may or may not have kept (a timeout): they are left unanswered, so that
+    their clients send them again, and a resent submit is not a second job."""
+    duplicates: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    unanswered: list[str] = field(default_factory=list)
 
 
 class JobStore(Protocol):
@@ -53,8 +72,15 @@ class JobStore(Protocol):
                error: dict[str, Any] | None = None) -> None:
         """The job ended (done, failed or dead) with this result or error."""
 
-    def commit(self) -> None:
+    def want(self, count: int) -> None:
+        """This host's serving workers have credit for `count` more jobs than it holds:
+        a shared store pulls up to that many (for the next `lease`)."""
+
+    def commit(self) -> Commit:
         """Make durable what this pass wrote: clients are told only after it."""
+
+    def finished_elsewhere(self) -> list[str]:
+        """Jobs whose end another host stored since the last call (a shared store)."""
 
     def unfinished(self, job_id: str) -> bool:
         """Is the job accepted and not finished (waiting, delayed or leased)? Cheaper than
@@ -81,4 +107,14 @@ class JobStore(Protocol):
     def purge(self, finished_before: float) -> int:
         """Forget finished jobs that ended before then (result_ttl); how many."""
 
+    def wakeup_fd(self) -> int | None:
+        """A file descriptor the daemon's loop polls: readable when jobs came (then call
+        `woken`); None for a store that never wakes it."""
+
+    def woken(self) -> None: ...
+
+    def status(self) -> dict[str, Any]:
+        """The backend and its own figures, for `docbrainctl status`."""
+
     def close(self) -> None: ...
+

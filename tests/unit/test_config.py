@@ -5,7 +5,6 @@ Every call passes `environ` explicitly so that the developer's own environment c
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -17,21 +16,11 @@ from supervisor.conf import envguard
 from supervisor.conf.config import ConfigError, load_config, render_example
 from supervisor.conf.settings import (FORBIDDEN_ENV, Config, MetricsSettings, RestartSettings,
                                       SupervisorSettings, WorkersSettings)
+from tests.unit.conftest import write
 
 EXAMPLE = REPO / "etc" / "docbrain.toml"
 FORK_SAFETY = "OBJC_DISABLE_INITIALIZE_FORK_SAFETY"
 
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    """A minimal environment: state_dir goes under tmp_path, no DOCBRAIN_* variables."""
-    return {"XDG_STATE_HOME": str(tmp_path / "xdg")}
-
-
-def write(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "docbrain.toml"
-    path.write_text(textwrap.dedent(text))
-    return str(path)
 
 
 def config_error(**kwargs: Any) -> str:
@@ -317,8 +306,12 @@ def test_example_documents_every_setting_and_no_forbidden_variable() -> None:
         if section in ("env", "models"):
             continue
         assert f"[{section}]" in text
-        for key in values:
-            assert f"\n{key} = " in text
+        for key, value in values.items():
+            if isinstance(value, dict):  # a table of the section: [section.key]
+                assert f"\n[{section}.{key}]\n" in text
+                assert all(f"\n{k} = " in text for k in value)
+            else:
+                assert f"\n{key} = " in text
     for name, model in config.to_dict()["models"].items():
         assert f"[models.{name}]" in text
         for key in model:

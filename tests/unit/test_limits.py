@@ -21,10 +21,6 @@ from supervisor.conf.config import ConfigError, load_config, setting_var, unknow
 from supervisor.conf.settings import MAX_WORKERS, SECTIONS, bounds_of
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return {"XDG_STATE_HOME": str(tmp_path / "xdg")}
-
 
 def error_of(**kwargs: object) -> str:
     with pytest.raises(ConfigError) as info:

@@ -28,6 +28,8 @@ from typing import Any
 
 import zmq
 
+from supervisor.client.errors import (DaemonNotRunning, JobError, JobRejected, NotAcknowledged,
+                                      PayloadError, encode_payload, outcome)
 from supervisor.conf.config import load_config
 from supervisor.conf.settings import Config
 from supervisor.proto import wire
@@ -42,75 +44,8 @@ SUBMIT_CHUNK = 256   # jobs in one Submit message at most
 STOP_POLL = 0.1      # seconds between calls of map_with_ids' stop() while it waits
 
 
-class JobError(Exception):
-    """Base of the errors a job's outcome raises."""
-
-    def __init__(self, job_id: str, message: str) -> None:
-        super().__init__(message)
-        self.job_id = job_id
-
-
-class JobRejected(JobError):
-    """The daemon refused the submit (unknown task, payload not JSON or too big)."""
-
-
-class PayloadError(JobRejected, ValueError):
-    """Refused here, before sending, in the daemon's words: the payload is not strict JSON
-    or is over the size limit. Nothing was sent."""
-
-
-class NotAcknowledged(TimeoutError):
-    """The daemon neither accepted nor rejected a submit in time, resends included."""
-
-    def __init__(self, job_id: str, message: str) -> None:
-        super().__init__(message)
-        self.job_id = job_id
-
-
-class JobFailed(JobError):
-    """The task raised. `type`, `message` and `traceback` describe the exception."""
-
-    def __init__(self, job_id: str, error: dict[str, Any]) -> None:
-        self.type = str(error.get("type", "Exception"))
-        self.message = str(error.get("message", ""))
-        self.traceback = str(error.get("traceback", ""))
-        super().__init__(job_id, f"job {job_id} failed: {self.type}: {self.message}")
-
-
-class JobDead(JobError):
-    """The job was dead-lettered: its runs kept being lost. `reason` says how."""
-
-    def __init__(self, job_id: str, reason: str) -> None:
-        self.reason = reason
-        super().__init__(job_id, f"job {job_id} is dead: {reason}")
-
-
-class UnknownJob(JobError, KeyError):
-    """The daemon has no job of that id (never submitted, or purged after result_ttl).
-    A KeyError too, as it always was."""
-
-    def __str__(self) -> str:  # KeyError's own would quote the message
-        return str(self.args[0])
-
-
-class DaemonNotRunning(ConnectionError):
-    pass
-
-
 class _Stopped(Exception):
     """map_with_ids' stop() returned true: the map ends there."""
-
-
-def encode_payload(payload: Any, limit: int) -> bytes:
-    """The payload as a Client sends it; ValueError, in the daemon's words, if it is not
-    strict JSON or is over `limit` bytes (TypeError: JSON cannot carry it at all)."""
-    try:
-        data = wire.dumps(payload)
-    except ValueError as exc:
-        raise ValueError(f"payload is not JSON: {exc}") from None
-    if len(data) > limit:
-        raise ValueError(f"payload is {len(data)} bytes (limit {limit})")
-    return data
 
 
 @dataclass
@@ -123,21 +58,20 @@ class _Sent:
     sends: int = 1
 
 
-def _outcome(job_id: str, state: str, error: dict[str, Any] | None, data: bytes) -> Any:
-    if state == "done":
-        try:
-            return wire.loads(data)
-        except ValueError as exc:  # only an older version let a worker store NaN
-            raise ValueError(f"the result of job {job_id} is not JSON: {exc}") from None
-    error = error or {}
-    if state == "failed":
-        raise JobFailed(job_id, error)
-    if state == "dead":
-        raise JobDead(job_id, str(error.get("reason", "unknown")))
-    raise UnknownJob(job_id, f"no such job: {job_id}")
+# The client that talks to the shared queue directly (supervisor.client.shared sets it):
+# `Client(config)` is one when `[queue] backend = "nats"` and no daemon runs here.
+SHARED: type[Client] | None = None
 
 
 class Client:
+    def __new__(cls, config: Config | str | None = None, **_kwargs: Any) -> Client:
+        if cls is Client and SHARED is not None:
+            loaded = config if isinstance(config, Config) else load_config(config)
+            paths = StatePaths.for_state_dir(loaded.supervisor.state_dir)
+            if loaded.queue.backend == "nats" and running_pid(paths.pidfile) is None:
+                return object.__new__(SHARED)
+        return object.__new__(cls)
+
     def __init__(self, config: Config | str | None = None, *, window: int = 1000,
                  ack_timeout: float = ACK_TIMEOUT) -> None:
         if not isinstance(config, Config):
@@ -211,7 +145,7 @@ class Client:
             self._send_wait([job_id])
         self._wait_for(lambda: job_id in self._results, timeout, f"the result of {job_id}",
                        ack_of=job_id)
-        return _outcome(job_id, *self._results.pop(job_id))
+        return outcome(job_id, *self._results.pop(job_id))
 
     def map(self, task: str, payloads: Iterable[Any], timeout: float | None = None,
             return_exceptions: bool = False) -> Iterator[Any]:
@@ -252,7 +186,7 @@ class Client:
                                self._acks.get(head) is not None,
                                timeout, f"the result of {head}", ack_of=head, stop=stop)
                 self._check_ack(head)
-                value = _outcome(head, *self._results.pop(head))
+                value = outcome(head, *self._results.pop(head))
             except _Stopped:
                 return
             except JobError as exc:

@@ -1,0 +1,232 @@
+"""The client of a machine with no daemon, when the queue is NATS's (`[queue] backend =
+"nats"`): it submits to the shared stream and reads results from the results bucket
+itself (supervisor.jobs.jetstream), as a daemon's broker would. `Client(config)` is one of
+these when the configuration says so and no daemon runs here.
+
+The task name is not checked here (no worker told this machine its tasks): a job of a task
+no worker has fails with "this worker has no task ...". The payload is checked as a daemon
+would: strict JSON, at most `queue.max_payload_bytes`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from supervisor.client.errors import (JobError, JobRejected, NotAcknowledged, PayloadError,
+                                      QueueUnreachable, encode_payload, outcome)
+from supervisor.client.local import ACK_TIMEOUT, RESEND_AFTER, SUBMIT_CHUNK, Client
+from supervisor.conf.config import load_config
+from supervisor.conf.settings import Config
+from supervisor.jobs.jetstream import Layout, decode_record, job_key, key_job
+from supervisor.jobs.journal import StoredJob
+from supervisor.jobs.natslink import Link, describe_servers, transient
+from supervisor.jobs.store import StoreError
+from supervisor.proto import wire
+
+LOOK_AGAIN = 5.0  # seconds between reads of a job's end while no notice of it came
+QUERY_TIMEOUT = 10.0
+
+
+class SharedClient(Client):
+    def __init__(self, config: Config | str | None = None, *, window: int = 1000,
+                 ack_timeout: float = ACK_TIMEOUT) -> None:
+        if not isinstance(config, Config):
+            config = load_config(config)
+        self.config = config
+        s = config.queue.nats
+        self.window = window
+        self.ack_timeout = ack_timeout
+        self.payload_limit = wire.payload_limit(config.queue.max_payload_bytes)
+        self.link = Link(s, f"docbrain client {socket.gethostname()} pid {os.getpid()}")
+        self.layout = Layout(self.link, s, config.queue.result_ttl)
+        self._notices: dict[str, asyncio.Future[None]] = {}  # on the NATS thread only
+        try:
+            self.link.call(self._open(), s.connect_timeout + 15)
+        except (StoreError, TimeoutError) as exc:
+            self.link.close()
+            raise QueueUnreachable(str(exc)) from None
+
+    async def _open(self) -> None:
+        await self.link.connect()
+        await self.layout.ensure()
+        await self.layout.watch_ends(self._on_end)
+
+    async def _on_end(self, msg: Any) -> None:
+        notice = self._notices.pop(msg.subject.rsplit(".", 1)[-1], None)
+        if notice is not None and not notice.done():
+            notice.set_result(None)
+
+    def close(self) -> None:
+        self.link.close()
+
+    # -- the API (as Client's) -----------------------------------------------------------
+
+    def submit(self, task: str, payload: Any = None, timeout: float | None = None) -> str:
+        """Submit one job; returns its id once JetStream has stored it."""
+        job_id = uuid.uuid4().hex
+        try:
+            data = encode_payload(payload, self.payload_limit)
+        except ValueError as exc:
+            raise PayloadError(job_id, str(exc)) from None
+        problem = self._publish(task, [(job_id, data)], timeout)[0]
+        if problem is not None:
+            raise problem
+        return job_id
+
+    def submit_nowait(self, task: str, payload: Any = None) -> str:
+        return self.submit(task, payload)
+
+    def submit_many_nowait(self, task: str, payloads: list[Any]) -> list[str]:
+        jobs = []
+        for index, payload in enumerate(payloads):
+            job_id = uuid.uuid4().hex
+            try:
+                jobs.append((job_id, encode_payload(payload, self.payload_limit)))
+            except ValueError as exc:
+                where = f"payloads[{index}]: " if len(payloads) > 1 else ""
+                raise PayloadError(job_id, f"{where}{exc}") from None
+        for problem in self._publish(task, jobs, None):
+            if problem is not None:
+                raise problem
+        return [job_id for job_id, _ in jobs]
+
+    def result(self, job_id: str, timeout: float | None = None) -> Any:
+        value = self.link.call(self._end_of(job_key(job_id), timeout),
+                               1e9 if timeout is None else timeout + 10)
+        if value is None:
+            return outcome(job_id, "unknown", None, b"null")
+        record, result = decode_record(value)
+        return outcome(job_id, str(record.get("state")), record.get("error"),
+                       result or b"null")
+
+    def map_with_ids(self, task: str, payloads: Iterable[Any], timeout: float | None = None,
+                     return_exceptions: bool = False,
+                     stop: Callable[[], bool] | None = None) -> Iterator[tuple[str, Any]]:
+        outstanding: collections.deque[tuple[str, Exception | None]] = collections.deque()
+        source = iter(payloads)
+        exhausted = False
+        chunk_size = min(SUBMIT_CHUNK, self.window)
+        while outstanding or not exhausted:
+            if not exhausted and self.window - len(outstanding) >= chunk_size:
+                if stop is not None and stop():
+                    return
+                chunk = list(itertools.islice(source, chunk_size))
+                exhausted = len(chunk) < chunk_size
+                jobs: list[tuple[str, bytes]] = []
+                refused: dict[str, Exception] = {}
+                for payload in chunk:
+                    job_id = uuid.uuid4().hex
+                    try:
+                        jobs.append((job_id, encode_payload(payload, self.payload_limit)))
+                    except ValueError as exc:
+                        refused[job_id] = PayloadError(job_id, str(exc))
+                    outstanding.append((job_id, refused.get(job_id)))
+                problems = dict(zip((j for j, _ in jobs), self._publish(task, jobs, None)))
+                for index, (job_id, problem) in enumerate(outstanding):
+                    if problems.get(job_id) is not None:
+                        outstanding[index] = (job_id, problems[job_id])
+                continue
+            head, problem = outstanding.popleft()
+            try:
+                if problem is not None:
+                    raise problem
+                value = self.result(head, timeout)
+            except JobError as exc:
+                if not return_exceptions:
+                    raise
+                value = exc
+            yield head, value
+
+    def settle(self, timeout: float) -> int:
+        return 0  # every submit here is answered before it returns
+
+    # -- queries, for docbrainctl jobs / job with no daemon here --------------------------
+
+    def get(self, job_id: str) -> StoredJob | None:
+        """The job: its end if it has one, else as it waits in the stream; None if unknown."""
+        return self.link.call(self.layout.get(job_key(job_id), job_id), QUERY_TIMEOUT)
+
+    def recent(self, state: str | None, limit: int) -> list[StoredJob]:
+        """The newest ended jobs (the results bucket keeps them for result_ttl)."""
+        return self.link.call(self.layout.recent(state, limit), QUERY_TIMEOUT)
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _publish(self, task: str, jobs: list[tuple[str, bytes]],
+                 timeout: float | None) -> list[Exception | None]:
+        """Store the jobs; per job, None or why it was not stored."""
+        if not self.link.up.wait(self.config.queue.nats.connect_timeout):
+            raise QueueUnreachable(f"NATS servers unreachable "
+                                   f"({describe_servers(self.config.queue.nats)}): "
+                                   "reconnecting")
+        limit = self.ack_timeout if timeout is None else timeout
+        try:
+            outcomes = self.link.call(self._publish_all(task, jobs, limit), limit + 5)
+        except TimeoutError:
+            return [NotAcknowledged(job_id, f"NATS did not acknowledge the submit of job "
+                                    f"{job_id} within {limit:g} s") for job_id, _ in jobs]
+        return [None if ok is True else JobRejected(job_id, f"NATS did not store it: {ok}")
+                for (job_id, _), ok in zip(jobs, outcomes)]
+
+    async def _publish_all(self, task: str, jobs: list[tuple[str, bytes]],
+                           limit: float) -> list[Any]:
+        """Store each job, sent again after a failure that may pass (a resent one is not
+        a second job) until `limit` seconds; per job, True or the last failure."""
+        deadline = asyncio.get_running_loop().time() + limit
+
+        async def one(job_id: str, data: bytes) -> Any:
+            while True:
+                try:
+                    await self.layout.publish(job_id, task, data)
+                    return True
+                except Exception as exc:
+                    if not transient(exc) or asyncio.get_running_loop().time() >= deadline:
+                        return exc
+                    await asyncio.sleep(RESEND_AFTER)
+
+        return list(await asyncio.gather(*(one(job_id, data) for job_id, data in jobs)))
+
+    async def _end_of(self, key: str, timeout: float | None) -> bytes | None:
+        """The job's stored end; None if the job is neither ended nor pending."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            notice = self._notices.get(key)
+            if notice is None or notice.done():
+                notice = self._notices[key] = loop.create_future()
+            try:
+                value = await self.layout.end(key)
+                if value is None and not await self.layout.pending(key):
+                    value = await self.layout.end(key)  # it may have ended between the reads
+                    if value is None:
+                        self._notices.pop(key, None)
+                        return None
+            except Exception as exc:
+                if not transient(exc):
+                    raise
+                value, notice = None, loop.create_future()  # look again soon
+                loop.call_later(RESEND_AFTER, _settle, notice)
+            if value is not None:
+                self._notices.pop(key, None)
+                return value
+            wait = LOOK_AGAIN if deadline is None else min(LOOK_AGAIN, deadline - loop.time())
+            if wait <= 0:
+                self._notices.pop(key, None)
+                raise TimeoutError(f"timed out after {timeout:g} s waiting for the result "
+                                   f"of {key_job(key)}")
+            try:
+                await asyncio.wait_for(asyncio.shield(notice), wait)
+            except asyncio.TimeoutError:
+                pass  # look again: a notice missed (a reconnect) costs LOOK_AGAIN at most
+
+
+def _settle(notice: asyncio.Future[None]) -> None:
+    if not notice.done():
+        notice.set_result(None)

@@ -1,0 +1,268 @@
+"""The job store shared by many hosts: NATS JetStream (`[queue] backend = "nats"`).
+
+The same `JobStore` as one host's journal (supervisor.jobs.store), over the stream, the
+consumer and the buckets that supervisor.jobs.jetstream describes. The daemon's thread
+only queues work here: what a pass wrote (submits, ends, jobs given back) goes to NATS
+together at `commit`, which waits for JetStream's acknowledgements, so a submitter is told
+"accepted" only once the job is stored with the stream's replicas, and a result is handed
+out only once it is stored. Jobs are pulled on the NATS thread, as many as this host's
+workers have credit for (`want`), and wake the daemon's loop through a pipe it polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any
+
+from supervisor.conf.settings import Config
+from supervisor.jobs.held import QueuedJob
+from supervisor.jobs.jetstream import Layout, encode_record, job_key, key_job
+from supervisor.jobs.natslink import Link, NatsError, NatsUnreachable, describe_servers, transient
+from supervisor.jobs.journal import DEAD, DONE, FAILED, PENDING, RUNNING, StoredJob
+from supervisor.jobs.natsfeed import Feed
+from supervisor.jobs.store import Commit
+
+log = logging.getLogger("supervisor.jobs")
+COMMIT_TIMEOUT = 10.0  # seconds a pass waits for JetStream's acknowledgements
+QUERY_TIMEOUT = 5.0
+
+
+class NatsStore:
+    """A `JobStore` (supervisor.jobs.store) on NATS JetStream."""
+
+    def __init__(self, config: Config) -> None:
+        s = config.queue.nats
+        self.settings = s
+        self.host = socket.gethostname()
+        self.link = Link(s, f"docbrain {self.host} pid {os.getpid()}")
+        self.layout = Layout(self.link, s, config.queue.result_ttl)
+        self.feed = Feed(self.link, self.layout, s)
+        self._submits: list[tuple[str, str, bytes]] = []
+        self._ops: list[Coroutine[Any, Any, None]] = []        # this pass's other writes
+        self._ended: deque[str] = deque()  # ids whose end was stored (by any host)
+        self._delayed: list[float] = []    # when the retries this host gave back are due
+        self._counts = {DONE: 0, FAILED: 0, DEAD: 0}  # ended here since start
+        self.late_results = 0  # ends of jobs whose first end another run had stored
+        self.problem: str | None = None  # why NATS cannot be used now, if it cannot
+        try:
+            self.link.call(self._open(), s.connect_timeout + 30)
+        except NatsUnreachable as exc:
+            self.problem = str(exc)
+            log.warning("%s; submits are refused until it is reachable", exc)
+            self.link.run(self._reopen())
+
+    # -- the NATS thread ------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        await self.link.connect()
+        await self.layout.ensure()
+        await self.layout.watch_ends(self._on_end)
+        self.problem = None
+        self.feed.start()
+        log.info("NATS: connected to %s; stream %s (%d replica%s)", self.link.server,
+                 self.settings.stream, self.settings.replicas,
+                 "" if self.settings.replicas == 1 else "s")
+
+    async def _reopen(self) -> None:
+        """The servers were unreachable at start: try again, with backoff, until they are."""
+        delay = 1.0
+        while not self.feed.closing:
+            await asyncio.sleep(delay)
+            try:
+                await self._open()
+                return
+            except NatsError as exc:
+                self.problem = str(exc)
+                delay = min(delay * 2, 30.0)
+                log.debug("%s (next try in %g s)", exc, delay)
+
+    async def _on_end(self, msg: Any) -> None:
+        self._ended.append(key_job(msg.subject.rsplit(".", 1)[-1]))
+        self.feed.wake()
+
+    # -- the daemon's thread: JobStore ----------------------------------------------------
+
+    def submit(self, job_id: str, task: str, payload: bytes, now: float) -> bool:
+        self._submits.append((job_id, task, payload))
+        return True  # a duplicate is known only at commit (`Commit.duplicates`)
+
+    def lease(self, count: int) -> list[QueuedJob]:
+        jobs: list[QueuedJob] = []
+        arrived = self.feed.arrived
+        while arrived and len(jobs) < count:
+            job, msg = arrived.popleft()
+            self.feed.leased[job.id] = msg
+            jobs.append(job)
+        return jobs
+
+    def want(self, count: int) -> None:
+        self.feed.want = count
+
+    def release(self, now: float) -> int:
+        due = 0
+        while self._delayed and self._delayed[0] <= now:
+            heapq.heappop(self._delayed)
+            due += 1
+        return due
+
+    def requeue(self, jobs: list[QueuedJob]) -> None:
+        for job in jobs:
+            msg = self.feed.leased.pop(job.id, None)
+            if msg is not None:
+                self._ops.append(msg.nak())
+
+    def lose(self, jobs: list[QueuedJob]) -> None:
+        for job in jobs:
+            msg = self.feed.leased.pop(job.id, None)
+            if msg is not None:
+                self._ops.append(self._give_back(job, msg, None, None))
+
+    def retry(self, job: QueuedJob, not_before: float, error: dict[str, Any] | None) -> None:
+        msg = self.feed.leased.pop(job.id, None)
+        heapq.heappush(self._delayed, not_before)
+        if msg is not None:
+            self._ops.append(self._give_back(job, msg, not_before, error))
+
+    async def _give_back(self, job: QueuedJob, msg: Any, not_before: float | None,
+                         error: dict[str, Any] | None) -> None:
+        if job.runs:
+            await self.layout.keep_runs(job_key(job.id), job.attempts, job.runs, not_before,
+                                        error)
+        delay = None if not_before is None else max(0.0, not_before - time.time())
+        await msg.nak(delay=delay or None)
+
+    def finish(self, job: QueuedJob, state: str, now: float, result: bytes | None = None,
+               error: dict[str, Any] | None = None) -> None:
+        msg = self.feed.leased.pop(job.id, None)
+        self._counts[state] += 1
+        submitted = msg.metadata.timestamp.timestamp() if msg is not None else None
+        record = {"id": job.id, "task": job.task, "state": state, "attempts": job.attempts,
+                  "runs": job.runs, "submitted": submitted, "finished": now, "error": error,
+                  "host": self.host}
+        self._ops.append(self._end(job, msg, record, result))
+
+    async def _end(self, job: QueuedJob, msg: Any, record: dict[str, Any],
+                   result: bytes | None) -> None:
+        key = job_key(job.id)
+        if not await self.layout.store_end(key, encode_record(record, result)):
+            self.late_results += 1
+            log.info("job %s: a run elsewhere stored its end first; this one is dropped",
+                     job.id)
+        if msg is not None:
+            await msg.ack()
+        if job.runs > 1 or job.attempts or (msg is not None and msg.metadata.num_delivered > 1):
+            await self.layout.forget_runs(key)
+
+    def commit(self) -> Commit:
+        self.feed.touched = time.monotonic()
+        submits, self._submits = self._submits, []
+        ops, self._ops = self._ops, []
+        if not submits and not ops:
+            return Commit()
+        ids = [job_id for job_id, _, _ in submits]
+        if self.problem is not None or not self.link.up.is_set():
+            self._ops = ops  # given back, acknowledged and stored once it is back
+            if self.problem is None and \
+                    time.monotonic() - self.link.down_since < self.settings.connect_timeout:
+                return Commit(unanswered=ids)  # a reconnect to another server, likely
+            reason = self.problem or f"NATS servers unreachable " \
+                                     f"({describe_servers(self.settings)}): reconnecting"
+            return Commit(refused=dict.fromkeys(ids, reason))
+        future = self.link.run(self._commit(submits, ops))
+        try:
+            return future.result(COMMIT_TIMEOUT)
+        except TimeoutError:
+            log.warning("NATS: no acknowledgement within %g s; %d submit(s) left unanswered "
+                        "(their clients send them again)", COMMIT_TIMEOUT, len(ids))
+            return Commit(unanswered=ids)
+
+    async def _commit(self, submits: list[tuple[str, str, bytes]],
+                      ops: list[Coroutine[Any, Any, None]]) -> Commit:
+        done = await asyncio.gather(*(self.layout.publish(*s) for s in submits), *ops,
+                                    return_exceptions=True)
+        report = Commit()
+        for (job_id, _, _), outcome in zip(submits, done):
+            if isinstance(outcome, BaseException) and transient(outcome):
+                report.unanswered.append(job_id)  # it may be stored: the resend will say
+            elif isinstance(outcome, BaseException):
+                report.refused[job_id] = f"NATS did not store the job: {outcome}"
+            elif outcome:
+                report.duplicates.append(job_id)
+        for outcome in done[len(submits):]:
+            if isinstance(outcome, BaseException):
+                log.warning("NATS: a write failed: %s", outcome)
+        return report
+
+    def unfinished(self, job_id: str) -> bool:
+        """Only what this host holds: a job elsewhere is found by `get`."""
+        return job_id in self.feed.leased
+
+    def get(self, job_id: str) -> StoredJob | None:
+        return self._query(self.layout.get(job_key(job_id), job_id))
+
+    def recent(self, state: str | None, limit: int) -> list[StoredJob]:
+        return self._query(self.layout.recent(state, limit)) or []
+
+    def _query(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        if self.problem is not None:
+            coro.close()
+            raise NatsError(self.problem)
+        return self.link.call(coro, QUERY_TIMEOUT)
+
+    def finished_elsewhere(self) -> list[str]:
+        ended = []
+        while self._ended:
+            ended.append(self._ended.popleft())
+        return ended
+
+    def counts(self) -> dict[str, int]:
+        return {PENDING: self.feed.stream_pending + self.feed.stream_running, RUNNING: 0,
+                **self._counts}
+
+    def waiting(self) -> int:
+        return len(self.feed.arrived)
+
+    def delayed(self) -> int:
+        return len(self._delayed)
+
+    def next_due(self) -> float | None:
+        return None  # JetStream redelivers a retry when its delay is over
+
+    def purge(self, finished_before: float) -> int:
+        return 0  # the results bucket's TTL does it
+
+    def wakeup_fd(self) -> int | None:
+        return self.feed.wake_r
+
+    def woken(self) -> None:
+        self.feed.woken()
+
+    def status(self) -> dict[str, Any]:
+        return {"backend": "nats", "server": self.link.server if self.link.up.is_set() else None,
+                "problem": self.problem, "stream": self.settings.stream,
+                "stream_pending": self.feed.stream_pending,
+                "stream_running": self.feed.stream_running,
+                "late_results": self.late_results, "dropped": self.feed.dropped}
+
+    def close(self) -> None:
+        """Give back at once what this host holds (other hosts take it now, not after
+        ack_wait), then close the connection."""
+        self.feed.closing = True
+        held = self.feed.held()
+        self.feed.leased.clear()
+        self.feed.arrived.clear()
+        if held and self.link.up.is_set():
+            try:
+                self.link.call(self._commit([], [m.nak() for m in held]), COMMIT_TIMEOUT)
+            except TimeoutError as exc:
+                log.warning("NATS: jobs held here not given back (%s): they return after "
+                            "ack_wait", exc)
+        self.link.close()
+        self.feed.close()
