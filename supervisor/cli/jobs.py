@@ -19,6 +19,7 @@ from supervisor.client import (Client, DaemonNotRunning, JobDead, JobError, JobF
                                QueueUnreachable, SharedClient, encode_payload)
 from supervisor.conf.settings import Config
 from supervisor.jobs.journal import STATES, Journal, StoredJob
+from supervisor.jobs.store import StoreError
 from supervisor.proto import wire
 from supervisor.proto.pidfile import running_pid
 
@@ -255,9 +256,15 @@ def jobs(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> No
     if journal is None:
         rows = _call(config, "jobs", **({"state": state} if state else {}), limit=limit)["jobs"]
     else:
-        # Without a daemon nothing runs: a job it ran is pending, and runs again at start.
-        rows = [] if state == "running" else [j.summary() for j in journal.recent(state, limit)]
-        journal.close()
+        # The journal without its daemon: a job it ran is pending, and runs again at start.
+        # The shared queue lists ended jobs: running ones are shown by each host's status.
+        try:
+            rows = [] if state == "running" else \
+                [j.summary() for j in journal.recent(state, limit)]
+        except (StoreError, TimeoutError) as exc:
+            fail(1, f"jobs not read: {exc}")
+        finally:
+            journal.close()
     if as_json:
         click.echo(json.dumps({"jobs": rows}, indent=2))
         return
@@ -297,7 +304,7 @@ def job(ctx: click.Context, job_id: str) -> None:
             if stored is None:
                 fail(1, f"no such job: {job_id}")
             info = stored.info()
-        except ValueError as exc:
+        except (ValueError, StoreError, TimeoutError) as exc:
             fail(1, str(exc))
         finally:
             journal.close()
@@ -318,19 +325,22 @@ class _NoJournal:
 
 
 def _journal_without_daemon(config: Config) -> Journal | _NoJournal | SharedClient | None:
-    """None while a daemon runs (ask it: it knows which jobs run); else its journal, read
-    directly (the SQLite backend keeps every job there), or the shared queue (NATS), with
-    a note on stderr."""
+    """None while a daemon runs with the SQLite backend (ask it: it knows which jobs run);
+    else its journal, read directly (that backend keeps every job there), or, with the NATS
+    backend, the shared queue itself (every host's jobs; the daemon's loop is not made to
+    wait on NATS for it), with a note on stderr when no daemon runs here."""
     paths = _paths(config)
-    if running_pid(paths.pidfile) is not None:
-        return None
+    running = running_pid(paths.pidfile) is not None
     if config.queue.backend == "nats":
-        click.echo(f"docbrain is not running here: jobs as the shared queue has them "
-                   f"(NATS stream {config.queue.nats.stream})", err=True)
+        if not running:
+            click.echo(f"docbrain is not running here: jobs as the shared queue has them "
+                       f"(NATS stream {config.queue.nats.stream})", err=True)
         try:
             return SharedClient(config)
         except QueueUnreachable as exc:
             fail(1, str(exc))
+    if running:
+        return None
     click.echo(f"docbrain is not running: jobs as its journal has them "
                f"(state_dir {paths.state_dir})", err=True)
     if not os.path.exists(paths.journal):

@@ -16,6 +16,7 @@ import socketserver
 import threading
 import time
 from collections.abc import Mapping
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
@@ -87,6 +88,12 @@ class Metrics:
         self.duration = Histogram("docbrain_job_duration_seconds", "Run time of finished "
                                   "jobs, by task.", ["task"], buckets=DURATION_BUCKETS,
                                   registry=reg)
+        self.store_connected = Gauge(
+            "docbrain_store_connected", "1 while the job store can be used (the SQLite "
+            "journal always; NATS while connected), else 0.", registry=reg)
+        self.shared_jobs = Gauge(
+            "docbrain_shared_jobs", "Jobs of the queue shared by every host (NATS): waiting "
+            "for a host, leased to one.", ["state"], registry=reg)
         info = Gauge("docbrain_info", "The daemon's version (the value is always 1).",
                      ["version"], registry=reg)
         info.labels(version=version).set(1)
@@ -98,6 +105,7 @@ class Metrics:
         # rate() and "== 0" queries work before the first event.
         self.set_workers({})
         self.set_jobs({}, 0)
+        self.set_store({"backend": "sqlite"})
         for reason in RESTART_REASONS:
             self.restarts.labels(reason=reason)
         self._server: _Server | None = None
@@ -124,6 +132,14 @@ class Metrics:
             self.jobs.labels(state=state).set(counts.get(state, 0))
         self.queue_depth.set(queue_depth)
         self.retrying.set(counts.get("retrying", 0))
+
+    def set_store(self, status: Mapping[str, Any]) -> None:
+        """The store's own figures (`JobStore.status()`)."""
+        shared = status.get("backend") == "nats"
+        up = not shared or (status.get("server") is not None and not status.get("problem"))
+        self.store_connected.set(1 if up else 0)
+        self.shared_jobs.labels(state="waiting").set(status.get("stream_pending") or 0)
+        self.shared_jobs.labels(state="leased").set(status.get("stream_running") or 0)
 
     def job_finished(self, task: str, state: str, seconds: float | None) -> None:
         """A job reached a final state; `seconds` is its run time, None if it never ran."""

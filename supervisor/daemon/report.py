@@ -55,6 +55,7 @@ class Reporter:
                 d.metrics.set_workers(Counter(s.state.state.name for s in d.pool.slots))
                 queue = d.broker.status()
                 d.metrics.set_jobs(queue, queue_depth=queue["pending"])
+                d.metrics.set_store(d.broker.store.status())
         all_fatal = all(s.state.state == WorkerState.FATAL for s in d.pool.slots)
         if all_fatal != self._all_fatal:
             self._all_fatal = all_fatal

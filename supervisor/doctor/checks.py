@@ -1,15 +1,13 @@
 """docbrainctl doctor: what stands between this installation and a healthy daemon.
 
 The facts are gathered once, by `supervisor.doctor.facts` (the daemon's answers, a scan of
-the processes, one probe subprocess that imports torch and loads the models:
-`supervisor.doctor.probe`); each check here is a function from those facts to a verdict, so
-a case that no real process can produce is tested with made-up facts. Everything works without a daemon:
-what needs one says so.
-"""
+the processes, one probe subprocess that imports torch and loads the models, a look at the
+shared queue: `supervisor.doctor.probe`, `.queue`); each check here is a function from
+those facts to a verdict, so a case that no real process can produce is tested with made-up
+facts. Everything works without a daemon: what needs one says so."""
 
 from __future__ import annotations
 
-import enum
 import os
 import shutil
 import stat
@@ -21,6 +19,8 @@ from typing import Any
 import supervisor
 from supervisor.conf import envguard
 from supervisor.conf.settings import FORBIDDEN_ENV, Config
+from supervisor.doctor.queue import SharedQueue, judge
+from supervisor.doctor.verdict import Status, Verdict
 from supervisor.proto import proctitle
 from supervisor.proto.paths import MAX_SOCKET_PATH, StatePaths
 from supervisor.proto.spec import STANDBY
@@ -30,19 +30,6 @@ LOW_DISK = 1 << 30  # bytes free in state_dir's file system below which logs and
 PROBE_MARK = "docbrain-doctor-probe: "
 TOKENIZER_FILES = frozenset({"tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
                              "sentencepiece.bpe.model", "tokenizer.model"})
-
-
-class Status(enum.StrEnum):
-    PASS = "PASS"
-    WARN = "WARN"
-    FAIL = "FAIL"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    status: Status
-    detail: str       # one line
-    advice: str = ""  # one line, for WARN and FAIL
 
 
 @dataclass(frozen=True)
@@ -94,6 +81,7 @@ class Facts:
     environ: Mapping[str, str] = field(default_factory=dict)  # this command's environment
     cwd: str = ""
     foreign: tuple[ProcessInfo, ...] = ()  # workers of a daemon in another PID namespace
+    shared_queue: SharedQueue | None = None  # what NATS said (backend = "nats")
 
     def guards(self) -> dict[str, str]:
         """The guards in force: the daemon's own when it answers, else the configuration's."""
@@ -373,6 +361,10 @@ def check_control(f: Facts) -> Verdict:
                    f"see `docbrainctl logs`; kill {f.daemon_pid} and `docbrainctl start`")
 
 
+def check_queue(f: Facts) -> Verdict:
+    return judge(f.config, f.shared_queue)
+
+
 Check = Callable[[Facts], Verdict]
 CHECKS: tuple[tuple[str, Check], ...] = (
     ("daemon", check_daemon),
@@ -386,6 +378,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("state-dir", check_state_dir),
     ("import-name", check_import_name),
     ("control", check_control),
+    ("queue", check_queue),
 )
 
 

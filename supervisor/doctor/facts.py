@@ -21,6 +21,7 @@ from supervisor.conf.settings import Config, ModelSettings
 from supervisor.daemon.models import ModelLoadError, model_dir
 from supervisor.doctor.checks import (OUR_PACKAGE, PROBE_MARK, TOKENIZER_FILES, Facts, ModelFiles,
                                       Probe, ProcessInfo)
+from supervisor.doctor import queue
 from supervisor.doctor.probe import probe_main
 from supervisor.pool import stale
 from supervisor.proto import control, proctitle
@@ -225,7 +226,7 @@ def gather(config: Config) -> Facts:
                   ping_error, tuple(others), orphans, tuple(celery), tuple(workers), files,
                   foreign=foreign,
                   environ=dict(os.environ), cwd=os.getcwd(),
-                  supervisor_dist=supervisor_distribution())
+                  supervisor_dist=supervisor_distribution(), shared_queue=queue.look(config))
     loadable = {n: m for n, m in config.models.items() if files[n].problem is None}
     return dataclasses.replace(facts, probe=run_probe(loadable, facts.guards()))
 

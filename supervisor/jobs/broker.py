@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,8 @@ import zmq
 from supervisor.conf.settings import Config
 from supervisor.jobs.checks import retry_delay, submit_problem
 from supervisor.jobs.held import HeldJobs, QueuedJob
-from supervisor.jobs.journal import DEAD, DONE, FAILED, FINAL_STATES, PENDING
+from supervisor.jobs.journal import DEAD, DONE, FAILED, FINAL_STATES, PENDING, StoredJob
+from supervisor.jobs.replies import Replies
 from supervisor.jobs.sqlite import SqliteStore
 from supervisor.jobs.store import Commit, JobStore
 from supervisor.proto import wire
@@ -33,9 +35,6 @@ PURGE_EVERY = 3600.0  # seconds between purges of expired results
 # long saves nothing worth having: one round trip of well under a millisecond.
 BUSY_AFTER = 0.1  # seconds
 BUILTIN_TASKS = ("noop", "echo")
-
-
-End = tuple[str, str, "dict[str, Any] | None", bytes]  # job id, state, error, result
 
 
 def _seconds(info: Any, key: str) -> float | None:
@@ -52,11 +51,6 @@ def open_store(config: Config, journal_path: str) -> JobStore:
         from supervisor.jobs.natsstore import NatsStore
         return NatsStore(config)
     return SqliteStore(journal_path, config.queue.synchronous)
-
-
-def _job_results(ends: list[End]) -> wire.JobResult:
-    return wire.JobResult(ids=[e[0] for e in ends], states=[e[1] for e in ends],
-                          errors=[e[2] for e in ends], data=[e[3] for e in ends])
 
 
 class Broker:
@@ -78,10 +72,10 @@ class Broker:
         self.catalog: dict[str, dict[str, Any]] = {}
         self.deferred: list[tuple[bytes, str, str, bool, bytes]] = []
         self.waiters: dict[str, set[bytes]] = {}
-        # What to tell clients after this pass's commit, gathered into one message each.
-        self.acks: dict[bytes, list[str]] = {}
-        self.ends: dict[bytes, list[End]] = {}
-        self.rejected: list[tuple[bytes, wire.Rejected]] = []
+        self.replies = Replies()  # what to tell clients after this pass's commit
+        # Passes whose commit a shared store has not settled yet, with what to tell then;
+        # told in the order of the passes.
+        self._unsent: deque[tuple[Commit, Replies]] = deque()
         # Told of every job that ends: task, state, seconds it ran (None when unknown).
         self.on_finished: Callable[[str, str, float | None], None] | None = None
         self.jobs_done: dict[int, int] = {}
@@ -117,29 +111,32 @@ class Broker:
             return
         problem = submit_problem(self.config, self.catalog, job_id, task, data)
         if problem:
-            self.rejected.append((client, wire.Rejected(id=job_id, error=problem)))
+            self.replies.rejected.append((client, wire.Rejected(id=job_id, error=problem)))
             return
         if wait:
             self.waiters.setdefault(job_id, set()).add(client)
         if not self.store.submit(job_id, task, data, time.time()) and wait:
             self._wait(client, job_id)  # a resent Submit: the job exists; maybe it ended
-        self.acks.setdefault(client, []).append(job_id)
+        self.replies.acks.setdefault(client, []).append(job_id)
 
     def _wait(self, client: bytes, job_id: str) -> None:
-        if job_id in self.held.running or self.store.unfinished(job_id):
-            self.waiters.setdefault(job_id, set()).add(client)
-            return
-        stored = self.store.get(job_id)
+        self.waiters.setdefault(job_id, set()).add(client)
+        if job_id not in self.held.running and not self.store.unfinished(job_id):
+            self.store.look(job_id)  # ended, pending elsewhere, or unknown: `_answered`
+
+    def _answered(self, job_id: str, stored: StoredJob | None) -> None:
+        """What the store found of a job clients here wait on (`look`)."""
         if stored is None:
-            self._tell(client, job_id, "unknown", {"reason": "no such job"}, b"null")
-        elif stored.state == PENDING:
-            self.waiters.setdefault(job_id, set()).add(client)
-        else:
-            self._tell(client, job_id, stored.state, stored.error, stored.result or b"null")
+            for client in self.waiters.pop(job_id, ()):
+                self._tell(client, job_id, "unknown", {"reason": "no such job"}, b"null")
+        elif stored.state in FINAL_STATES:
+            for client in self.waiters.pop(job_id, ()):
+                self._tell(client, job_id, stored.state, stored.error,
+                           stored.result or b"null")
 
     def _tell(self, client: bytes, job_id: str, state: str, error: dict[str, Any] | None,
               data: bytes) -> None:
-        self.ends.setdefault(client, []).append((job_id, state, error, data))
+        self.replies.ends.setdefault(client, []).append((job_id, state, error, data))
 
     # -- workers -------------------------------------------------------------------------
 
@@ -258,7 +255,9 @@ class Broker:
     # -- each pass -----------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Commit, then tell clients: nothing is acknowledged before it is durable."""
+        """Commit, then tell clients: nothing is acknowledged before it is durable. A shared
+        store settles a commit later (the daemon's loop never waits on the network): what
+        a pass has to tell waits for its commit, and passes are told in order."""
         now = time.time()
         if now >= self._next_purge:
             self._next_purge = now + PURGE_EVERY
@@ -267,50 +266,21 @@ class Broker:
                 log.info("journal: purged %d finished job(s) past result_ttl", purged)
         for job_id in self.store.finished_elsewhere():
             if job_id in self.waiters:
-                self._ended_elsewhere(job_id)
-        self._committed(self.store.commit())
-        out: list[tuple[bytes, list[bytes]]] = [(c, wire.encode(m)) for c, m in self.rejected]
-        for client, ids in self.acks.items():
-            out += [(client, f) for f in wire.encode_many(lambda i: wire.Accepted(ids=i), ids)]
-        for client, ends in self.ends.items():
-            out += [(client, f) for f in wire.encode_many(_job_results, ends)]
-        self.rejected, self.acks, self.ends = [], {}, {}
-        for client, frames in out:
-            try:
-                self.sock.send_multipart([client, *frames], zmq.NOBLOCK)
-            except zmq.ZMQError as exc:
-                log.debug("queue: reply to a gone client dropped: %s", exc)
-
-    def _committed(self, commit: Commit) -> None:
-        """A shared store found some submits resent (the job exists: its waiters wait on
-        it as it is) or could not keep them (their submitters are refused)."""
-        if commit.refused:
-            for client, ids in self.acks.items():
-                if any(i in commit.refused for i in ids):
-                    self.rejected += [(client, wire.Rejected(id=i, error=commit.refused[i]))
-                                      for i in ids if i in commit.refused]
-                    self.acks[client] = [i for i in ids if i not in commit.refused]
+                self.store.look(job_id)
+        for job_id, stored in self.store.answers():
+            if job_id in self.waiters:
+                self._answered(job_id, stored)
+        self._unsent.append((self.store.commit(), self.replies))
+        self.replies = Replies()
+        while self._unsent and self._unsent[0][0].settled:
+            commit, replies = self._unsent.popleft()
+            replies.settle(commit)
             for job_id in commit.refused:
                 self.waiters.pop(job_id, None)
-        if commit.unanswered:
-            unsure = set(commit.unanswered)
-            for client, ids in self.acks.items():
-                self.acks[client] = [i for i in ids if i not in unsure]
-        for job_id in commit.duplicates:
-            if job_id in self.waiters:
-                self._ended_elsewhere(job_id)
-
-    def _ended_elsewhere(self, job_id: str) -> None:
-        """Tell the clients waiting here on a job another host (or an earlier run) ended."""
-        try:
-            stored = self.store.get(job_id)
-        except Exception as exc:  # a shared store out of reach: the waiters wait on
-            log.debug("queue: job %s not read: %s", job_id, exc)
-            return
-        if stored is not None and stored.state in FINAL_STATES:
-            for client in self.waiters.pop(job_id, ()):
-                self._tell(client, job_id, stored.state, stored.error,
-                           stored.result or b"null")
+            for job_id in commit.duplicates:  # the job exists: its waiters wait on it
+                if job_id in self.waiters:
+                    self.store.look(job_id)
+            replies.send(self.sock)
 
     def reconfigure(self, config: Config) -> None:
         """A reload: limits apply to what comes next (the journal and socket stay)."""

@@ -61,6 +61,21 @@ def decode_record(value: bytes) -> tuple[dict[str, Any], bytes | None]:
     return record, result or None
 
 
+def stream_problems(name: str, have: Any, settings: NatsSettings) -> list[str]:
+    """How an existing stream's configuration (`have`) differs from what the queue needs."""
+    subjects = [f"{name}.job.>"]
+    problems = []
+    if list(have.subjects or []) != subjects:
+        problems.append(f"subjects {have.subjects} (not {subjects})")
+    if getattr(have.retention, "value", have.retention) != "workqueue":
+        problems.append(f"retention {getattr(have.retention, 'value', have.retention)} "
+                        "(not workqueue)")
+    if have.num_replicas != settings.replicas:
+        problems.append(f"{have.num_replicas} replicas (not {settings.replicas}, as "
+                        "queue.nats.replicas says)")
+    return problems
+
+
 class Layout:
     """The stream, the consumer and the buckets of one `[queue.nats]` configuration, and
     the reads and writes of them that the store makes (all on the NATS thread)."""
@@ -92,7 +107,11 @@ class Layout:
             log.info("NATS: created stream %s (%d replica%s)", self.stream, s.replicas,
                      "" if s.replicas == 1 else "s")
         else:
-            self._check_stream(info.config, wanted)
+            problems = stream_problems(self.stream, info.config, s)
+            if problems:
+                raise NatsError(f"NATS stream {self.stream} exists with {'; '.join(problems)}:"
+                                " change queue.nats.stream or the stream (it is not changed "
+                                "here)")
         config = api.ConsumerConfig(
             durable_name=self.durable, ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=s.ack_wait, max_deliver=-1, max_ack_pending=-1,
@@ -107,19 +126,6 @@ class Layout:
                 kv = await js.create_key_value(bucket=bucket, history=1, ttl=ttl,
                                                replicas=s.replicas)
             setattr(self, attr, kv)
-
-    def _check_stream(self, have: Any, wanted: Any) -> None:
-        problems = []
-        if list(have.subjects or []) != wanted.subjects:
-            problems.append(f"subjects {have.subjects} (not {wanted.subjects})")
-        if have.retention != wanted.retention:
-            problems.append(f"retention {have.retention.value} (not workqueue)")
-        if have.num_replicas != wanted.num_replicas:
-            problems.append(f"{have.num_replicas} replicas (not {wanted.num_replicas}, as "
-                            "queue.nats.replicas says)")
-        if problems:
-            raise NatsError(f"NATS stream {self.stream} exists with {'; '.join(problems)}: "
-                            "change queue.nats.stream or the stream (it is not changed here)")
 
     async def watch_ends(self, callback: Callable[[Any], Awaitable[None]]) -> None:
         """Call back with each end stored from now on (headers only: the key is the id)."""

@@ -3,9 +3,10 @@
 The same `JobStore` as one host's journal (supervisor.jobs.store), over the stream, the
 consumer and the buckets that supervisor.jobs.jetstream describes. The daemon's thread
 only queues work here: what a pass wrote (submits, ends, jobs given back) goes to NATS
-together at `commit`, which waits for JetStream's acknowledgements, so a submitter is told
-"accepted" only once the job is stored with the stream's replicas, and a result is handed
-out only once it is stored. Jobs are pulled on the NATS thread, as many as this host's
+together at `commit`, which the NATS thread settles once JetStream acknowledged them, so a
+submitter is told "accepted" only once the job is stored with the stream's replicas, and a
+result is handed out only once it is stored; the daemon's loop goes on meanwhile (its
+workers' heartbeats must not wait on the network). Jobs are pulled on the NATS thread, as many as this host's
 workers have credit for (`want`), and wake the daemon's loop through a pipe it polls.
 """
 
@@ -30,8 +31,15 @@ from supervisor.jobs.natsfeed import Feed
 from supervisor.jobs.store import Commit
 
 log = logging.getLogger("supervisor.jobs")
-COMMIT_TIMEOUT = 10.0  # seconds a pass waits for JetStream's acknowledgements
-QUERY_TIMEOUT = 5.0
+COMMIT_TIMEOUT = 10.0  # seconds a commit waits for JetStream's acknowledgements
+QUERY_TIMEOUT = 1.0  # seconds the daemon's loop waits for a request's answer from NATS
+
+
+def _log_failed_write(write: asyncio.Future[None]) -> None:
+    """A write other than a submit failed: the job it was about comes back after ack_wait
+    (an end not stored, a job not given back), and runs again."""
+    if not write.cancelled() and write.exception() is not None:
+        log.warning("NATS: a write failed: %s", write.exception())
 
 
 class NatsStore:
@@ -47,6 +55,7 @@ class NatsStore:
         self._submits: list[tuple[str, str, bytes]] = []
         self._ops: list[Coroutine[Any, Any, None]] = []        # this pass's other writes
         self._ended: deque[str] = deque()  # ids whose end was stored (by any host)
+        self._answers: deque[tuple[str, StoredJob | None]] = deque()  # what `look` found
         self._delayed: list[float] = []    # when the retries this host gave back are due
         self._counts = {DONE: 0, FAILED: 0, DEAD: 0}  # ended here since start
         self.late_results = 0  # ends of jobs whose first end another run had stored
@@ -161,6 +170,8 @@ class NatsStore:
             await self.layout.forget_runs(key)
 
     def commit(self) -> Commit:
+        """Hand this pass's writes to the NATS thread; the Commit is settled there once
+        JetStream acknowledged them (or COMMIT_TIMEOUT passed), and the loop woken."""
         self.feed.touched = time.monotonic()
         submits, self._submits = self._submits, []
         ops, self._ops = self._ops, []
@@ -175,29 +186,36 @@ class NatsStore:
             reason = self.problem or f"NATS servers unreachable " \
                                      f"({describe_servers(self.settings)}): reconnecting"
             return Commit(refused=dict.fromkeys(ids, reason))
-        future = self.link.run(self._commit(submits, ops))
-        try:
-            return future.result(COMMIT_TIMEOUT)
-        except TimeoutError:
-            log.warning("NATS: no acknowledgement within %g s; %d submit(s) left unanswered "
-                        "(their clients send them again)", COMMIT_TIMEOUT, len(ids))
-            return Commit(unanswered=ids)
+        report = Commit(settled=False)
+        self.link.run(self._commit(submits, ops, report))
+        return report
 
     async def _commit(self, submits: list[tuple[str, str, bytes]],
-                      ops: list[Coroutine[Any, Any, None]]) -> Commit:
-        done = await asyncio.gather(*(self.layout.publish(*s) for s in submits), *ops,
-                                    return_exceptions=True)
-        report = Commit()
-        for (job_id, _, _), outcome in zip(submits, done):
-            if isinstance(outcome, BaseException) and transient(outcome):
-                report.unanswered.append(job_id)  # it may be stored: the resend will say
-            elif isinstance(outcome, BaseException):
-                report.refused[job_id] = f"NATS did not store the job: {outcome}"
-            elif outcome:
-                report.duplicates.append(job_id)
-        for outcome in done[len(submits):]:
-            if isinstance(outcome, BaseException):
-                log.warning("NATS: a write failed: %s", outcome)
+                      ops: list[Coroutine[Any, Any, None]], report: Commit) -> Commit:
+        writes = [asyncio.ensure_future(self.layout.publish(*s)) for s in submits]
+        others = [asyncio.ensure_future(op) for op in ops]
+        try:
+            if writes or others:
+                await asyncio.wait([*writes, *others], timeout=COMMIT_TIMEOUT)
+            for (job_id, _, _), write in zip(submits, writes):
+                outcome = write.exception() if write.done() and not write.cancelled() \
+                    else TimeoutError()
+                if outcome is None:
+                    if write.result():
+                        report.duplicates.append(job_id)
+                elif transient(outcome):
+                    report.unanswered.append(job_id)  # it may be stored: the resend will say
+                else:
+                    report.refused[job_id] = f"NATS did not store the job: {outcome}"
+            late = sum(not write.done() for write in writes)
+            if late:
+                log.warning("NATS: no acknowledgement within %g s; %d submit(s) left "
+                            "unanswered (their clients send them again)", COMMIT_TIMEOUT, late)
+            for op in others:
+                op.add_done_callback(_log_failed_write)
+        finally:
+            report.settled = True
+            self.feed.wake()
         return report
 
     def unfinished(self, job_id: str) -> bool:
@@ -211,10 +229,36 @@ class NatsStore:
         return self._query(self.layout.recent(state, limit)) or []
 
     def _query(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """For a request to the daemon: its loop waits, so not for long (docbrainctl reads
+        NATS itself, and waits longer)."""
         if self.problem is not None:
             coro.close()
             raise NatsError(self.problem)
         return self.link.call(coro, QUERY_TIMEOUT)
+
+    def look(self, job_id: str) -> None:
+        self.link.run(self._look(job_id))
+
+    async def _look(self, job_id: str) -> None:
+        """Read the job, trying again while NATS cannot answer (the clients wait)."""
+        delay = 0.5
+        while not self.feed.closing:
+            try:
+                found = await self.layout.get(job_key(job_id), job_id)
+            except Exception as exc:  # unreachable, electing a leader: any failure waits
+                log.debug("NATS: job %s not read (%s); again in %g s", job_id, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            self._answers.append((job_id, found))
+            self.feed.wake()
+            return
+
+    def answers(self) -> list[tuple[str, StoredJob | None]]:
+        found = []
+        while self._answers:
+            found.append(self._answers.popleft())
+        return found
 
     def finished_elsewhere(self) -> list[str]:
         ended = []
@@ -260,7 +304,8 @@ class NatsStore:
         self.feed.arrived.clear()
         if held and self.link.up.is_set():
             try:
-                self.link.call(self._commit([], [m.nak() for m in held]), COMMIT_TIMEOUT)
+                self.link.call(self._commit([], [m.nak() for m in held], Commit()),
+                               COMMIT_TIMEOUT + 1)
             except TimeoutError as exc:
                 log.warning("NATS: jobs held here not given back (%s): they return after "
                             "ack_wait", exc)

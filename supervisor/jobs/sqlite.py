@@ -32,6 +32,7 @@ class SqliteStore:
         self._delayed: list[tuple[float, int, QueuedJob]] = []
         self._order = itertools.count()
         self._unfinished: set[str] = set()  # every pending job's id, leased ones too
+        self._answers: list[tuple[str, StoredJob | None]] = []
         now = time.time()
         for stored in self.journal.pending():
             job = QueuedJob(stored.id, stored.task, stored.payload, stored.attempts, stored.runs)
@@ -88,6 +89,13 @@ class SqliteStore:
 
     def finished_elsewhere(self) -> list[str]:
         return []
+
+    def look(self, job_id: str) -> None:
+        self._answers.append((job_id, self.journal.get(job_id)))
+
+    def answers(self) -> list[tuple[str, StoredJob | None]]:
+        found, self._answers = self._answers, []
+        return found
 
     def unfinished(self, job_id: str) -> bool:
         return job_id in self._unfinished

@@ -16,7 +16,9 @@ what was pulled from the shared queue, `want` says how much more this host's wor
 credit for, `requeue` and `lose` hand a job back to any host at once, `commit` is where
 what was written this pass becomes durable before anyone is told (and where a submit can
 be found to be a resent one, or refused), and `finished_elsewhere` names the jobs another
-host ended, for the clients here that wait on them.
+host ended, for the clients here that wait on them. A shared store never makes the daemon's
+loop wait on the network: its `commit` settles later (the loop is woken then), and `look`
+answers later too (`answers`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ class Commit:
     duplicates: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
     unanswered: list[str] = field(default_factory=list)
+    # False until the store knows the above: a shared store fills them in on its own
+    # thread, then sets this, then wakes the daemon's loop (`wakeup_fd`).
+    settled: bool = True
 
 
 class JobStore(Protocol):
@@ -81,6 +86,13 @@ class JobStore(Protocol):
 
     def finished_elsewhere(self) -> list[str]:
         """Jobs whose end another host stored since the last call (a shared store)."""
+
+    def look(self, job_id: str) -> None:
+        """Find the job for clients that wait on it: its answer comes from `answers`, at
+        the next call (one host's journal) or later (a shared store)."""
+
+    def answers(self) -> list[tuple[str, StoredJob | None]]:
+        """What `look` found since the last call: each job as stored, or None if unknown."""
 
     def unfinished(self, job_id: str) -> bool:
         """Is the job accepted and not finished (waiting, delayed or leased)? Cheaper than

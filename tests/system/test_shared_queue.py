@@ -247,6 +247,36 @@ def test_nats_stopped_for_seconds_loses_nothing_and_restarts_nothing(
         assert "NATS: connected again" in hosts[0].log_text
 
 
+def test_a_frozen_nats_server_never_stalls_the_daemon(tmp_path: Path,
+                                                     nats_server: NatsNode) -> None:
+    """SIGSTOP of the server: the connection stays open and each write waits for its
+    timeout (5 s). The daemon's loop must not wait with it: its workers (silent limit 2 s
+    here) would take it for dead and exit."""
+    hosts = _hosts(tmp_path, nats_server.url, 1)
+    runs = tmp_path / "runs"
+    with _running(hosts, 2):
+        host = hosts[0]
+        workers = sorted(host.marked_pids())
+        _, client = _no_daemon_client(tmp_path, nats_server.url)
+        with client:
+            ids = client.submit_many_nowait(
+                "shared.slow", [{"n": n, "runs": str(runs), "sleep": 0.02} for n in range(300)])
+            wait_for(lambda: _done(host) >= 30, 60, "30 jobs done")
+            nats_server.pause()
+            try:
+                frozen = time.monotonic()
+                while time.monotonic() - frozen < 8:  # longer than a write's timeout
+                    assert host.status() is not None  # the daemon answers all along
+            finally:
+                nats_server.resume()
+            results = [client.result(job_id, timeout=180) for job_id in ids]
+        assert results == [{"n": n} for n in range(300)]
+        assert sorted(host.marked_pids()) == workers
+        status = host.status()
+        assert status is not None and all(w["restarts"] == 0 for w in status["workers"])
+        assert set(_runs(runs)) == set(range(300))
+
+
 def test_a_job_that_kills_its_workers_is_dead_on_every_host(tmp_path: Path,
                                                             nats_server: NatsNode) -> None:
     hosts = _hosts(tmp_path, nats_server.url, 2, workers=1)

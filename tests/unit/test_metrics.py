@@ -108,6 +108,23 @@ def test_jobs_and_queue_depth(metrics: Metrics) -> None:
     assert value(samples, "docbrain_queue_depth") == 0.0
 
 
+def test_the_store_connection_and_the_shared_queue(metrics: Metrics) -> None:
+    assert metrics.port
+    _, samples = scrape(metrics.port)
+    assert value(samples, "docbrain_store_connected") == 1.0  # the journal: always
+    assert value(samples, "docbrain_shared_jobs", state="waiting") == 0.0
+    metrics.set_store({"backend": "nats", "server": "nats://10.0.0.5:4222", "problem": None,
+                       "stream_pending": 12, "stream_running": 4})
+    _, samples = scrape(metrics.port)
+    assert value(samples, "docbrain_store_connected") == 1.0
+    assert value(samples, "docbrain_shared_jobs", state="waiting") == 12.0
+    assert value(samples, "docbrain_shared_jobs", state="leased") == 4.0
+    metrics.set_store({"backend": "nats", "server": None, "problem": None,
+                       "stream_pending": 12, "stream_running": 4})
+    _, samples = scrape(metrics.port)
+    assert value(samples, "docbrain_store_connected") == 0.0
+
+
 def test_finished_jobs_and_durations(metrics: Metrics) -> None:
     assert metrics.port
     metrics.job_finished("echo", "done", 0.002)
