@@ -135,11 +135,11 @@ def submit(ctx: click.Context, task: str, payload_json: str | None, wait: bool,
                 click.echo(job_id)
                 return
             click.echo(json.dumps(client.result(job_id, timeout)))
+        except (TimeoutError, QueueUnreachable) as exc:  # QueueRefused: a daemon's, of NATS
+            fail(1, str(exc))
         except JobRejected as exc:
             fail(2, f"rejected: {exc}")
         except (JobFailed, JobDead) as exc:
-            fail(1, str(exc))
-        except (TimeoutError, QueueUnreachable) as exc:
             fail(1, str(exc))
 
 

@@ -5,12 +5,12 @@ the shared queue directly (supervisor.client.shared)."""
 from supervisor.client import local
 from supervisor.client.errors import (DaemonNotRunning, JobDead, JobError, JobFailed,
                                       JobRejected, NotAcknowledged, PayloadError,
-                                      QueueUnreachable, UnknownJob, encode_payload)
+                                      QueueRefused, QueueUnreachable, UnknownJob, encode_payload)
 from supervisor.client.local import Client
 from supervisor.client.shared import SharedClient
 
 local.SHARED = SharedClient  # what Client(config) is when the queue is NATS's, no daemon here
 
 __all__ = ["Client", "DaemonNotRunning", "JobDead", "JobError", "JobFailed", "JobRejected",
-           "NotAcknowledged", "PayloadError", "QueueUnreachable", "SharedClient",
+           "NotAcknowledged", "PayloadError", "QueueRefused", "QueueUnreachable", "SharedClient",
            "UnknownJob", "encode_payload"]

@@ -69,6 +69,21 @@ class QueueUnreachable(ConnectionError):
     message names the servers."""
 
 
+class QueueRefused(JobRejected, QueueUnreachable):
+    """The daemon here could not store the job in the shared queue (NATS unreachable, or
+    it refused the write): not the job's fault; the same submit may succeed later."""
+
+
+# How a daemon's refusal for want of its shared queue begins (supervisor.jobs.natsstore).
+STORE_REFUSALS = ("NATS servers unreachable", "NATS did not store")
+
+
+def rejection(job_id: str, error: str) -> JobRejected:
+    """The daemon's Rejected as the exception it means."""
+    refused = error.startswith(STORE_REFUSALS)
+    return (QueueRefused if refused else JobRejected)(job_id, error)
+
+
 def encode_payload(payload: Any, limit: int) -> bytes:
     """The payload as a Client sends it; ValueError, in the daemon's words, if it is not
     strict JSON or is over `limit` bytes (TypeError: JSON cannot carry it at all)."""

@@ -29,7 +29,7 @@ from typing import Any
 import zmq
 
 from supervisor.client.errors import (DaemonNotRunning, JobError, JobRejected, NotAcknowledged,
-                                      PayloadError, encode_payload, outcome)
+                                      PayloadError, encode_payload, outcome, rejection)
 from supervisor.conf.config import load_config
 from supervisor.conf.settings import Config
 from supervisor.proto import wire
@@ -307,7 +307,7 @@ class Client:
                             job_id not in self._results:
                         self._waiting[job_id] = now  # now it is its result we wait for
             elif isinstance(message, wire.Rejected):
-                self._acks[message.id] = JobRejected(message.id, message.error)
+                self._acks[message.id] = rejection(message.id, message.error)
                 self._unacked.pop(message.id, None)
             elif isinstance(message, wire.JobResult):
                 for end in zip(message.ids, message.states, message.errors, message.data):

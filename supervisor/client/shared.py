@@ -19,8 +19,8 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from supervisor.client.errors import (JobError, JobRejected, NotAcknowledged, PayloadError,
-                                      QueueUnreachable, encode_payload, outcome)
+from supervisor.client.errors import (JobError, NotAcknowledged, PayloadError,
+                                      QueueRefused, QueueUnreachable, encode_payload, outcome)
 from supervisor.client.local import ACK_TIMEOUT, RESEND_AFTER, SUBMIT_CHUNK, Client
 from supervisor.conf.config import load_config
 from supervisor.conf.settings import Config
@@ -30,6 +30,7 @@ from supervisor.jobs.natslink import Link, describe_servers, transient
 from supervisor.jobs.store import StoreError
 from supervisor.proto import wire
 
+MAX_KEPT = 200_000  # ends of this client's jobs held for it (and keys it waits for)
 LOOK_AGAIN = 5.0  # seconds between reads of a job's end while no notice of it came
 QUERY_TIMEOUT = 10.0
 
@@ -47,6 +48,11 @@ class SharedClient(Client):
         self.link = Link(s, f"docbrain client {socket.gethostname()} pid {os.getpid()}")
         self.layout = Layout(self.link, s, config.queue.result_ttl)
         self._notices: dict[str, asyncio.Future[None]] = {}  # on the NATS thread only
+        # The ends of this client's own jobs come to a subject of its own (REPLY_HEADER):
+        # the keys submitted here and not yet collected, and the ends that came for them.
+        self._inbox = f"_INBOX.docbrain.{uuid.uuid4().hex}"
+        self._mine: dict[str, None] = {}
+        self._ends: dict[str, bytes] = {}
         try:
             self.link.call(self._open(), s.connect_timeout + 15)
         except (StoreError, TimeoutError) as exc:
@@ -57,9 +63,29 @@ class SharedClient(Client):
         await self.link.connect()
         await self.layout.ensure()
         await self.layout.watch_ends(self._on_end)
+        await self.link.nc.subscribe(self._inbox, cb=self._on_reply)
 
     async def _on_end(self, msg: Any) -> None:
-        notice = self._notices.pop(msg.subject.rsplit(".", 1)[-1], None)
+        key = msg.subject.rsplit(".", 1)[-1]
+        if key in self._mine:
+            return  # its end comes to the inbox, with its value
+        notice = self._notices.pop(key, None)
+        if notice is not None and not notice.done():
+            notice.set_result(None)
+
+    async def _on_reply(self, msg: Any) -> None:
+        """The end of one of this client's jobs, as the host that ran it stored it."""
+        try:
+            key = job_key(str(decode_record(msg.data)[0].get("id")))
+        except ValueError:
+            return
+        if key not in self._mine:
+            return
+        self._ends[key] = msg.data
+        while len(self._ends) > MAX_KEPT:  # never collected: the bucket keeps them
+            self._mine.pop(next(iter(self._ends)), None)
+            del self._ends[next(iter(self._ends))]
+        notice = self._notices.pop(key, None)
         if notice is not None and not notice.done():
             notice.set_result(None)
 
@@ -172,7 +198,7 @@ class SharedClient(Client):
         except TimeoutError:
             return [NotAcknowledged(job_id, f"NATS did not acknowledge the submit of job "
                                     f"{job_id} within {limit:g} s") for job_id, _ in jobs]
-        return [None if ok is True else JobRejected(job_id, f"NATS did not store it: {ok}")
+        return [None if ok is True else QueueRefused(job_id, f"NATS did not store it: {ok}")
                 for (job_id, _), ok in zip(jobs, outcomes)]
 
     async def _publish_all(self, task: str, jobs: list[tuple[str, bytes]],
@@ -182,49 +208,70 @@ class SharedClient(Client):
         deadline = asyncio.get_running_loop().time() + limit
 
         async def one(job_id: str, data: bytes) -> Any:
+            self._mine[job_key(job_id)] = None
+            while len(self._mine) > MAX_KEPT:
+                self._mine.pop(next(iter(self._mine)))
             while True:
                 try:
-                    await self.layout.publish(job_id, task, data)
+                    await self.layout.publish(job_id, task, data, self._inbox)
                     return True
                 except Exception as exc:
                     if not transient(exc) or asyncio.get_running_loop().time() >= deadline:
+                        self._mine.pop(job_key(job_id), None)
                         return exc
                     await asyncio.sleep(RESEND_AFTER)
 
         return list(await asyncio.gather(*(one(job_id, data) for job_id, data in jobs)))
 
     async def _end_of(self, key: str, timeout: float | None) -> bytes | None:
-        """The job's stored end; None if the job is neither ended nor pending."""
+        """The job's stored end; None if the job is neither ended nor pending. One of this
+        client's own jobs is waited for on the inbox first (no read of the bucket)."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        inbox_first = key in self._mine
         while True:
             notice = self._notices.get(key)
             if notice is None or notice.done():
                 notice = self._notices[key] = loop.create_future()
+            value = self._ends.pop(key, None)
             try:
-                value = await self.layout.end(key)
-                if value is None and not await self.layout.pending(key):
-                    value = await self.layout.end(key)  # it may have ended between the reads
+                if value is None and not inbox_first:
+                    value = await self._read_end(key)
                     if value is None:
-                        self._notices.pop(key, None)
+                        self._forget(key)
                         return None
             except Exception as exc:
                 if not transient(exc):
                     raise
-                value, notice = None, loop.create_future()  # look again soon
+                value, notice = b"", loop.create_future()  # look again soon
                 loop.call_later(RESEND_AFTER, _settle, notice)
-            if value is not None:
-                self._notices.pop(key, None)
+            inbox_first = False  # after one wait, the bucket is read as well
+            if value:
+                self._forget(key)
                 return value
             wait = LOOK_AGAIN if deadline is None else min(LOOK_AGAIN, deadline - loop.time())
             if wait <= 0:
-                self._notices.pop(key, None)
+                self._forget(key)
                 raise TimeoutError(f"timed out after {timeout:g} s waiting for the result "
                                    f"of {key_job(key)}")
             try:
                 await asyncio.wait_for(asyncio.shield(notice), wait)
             except asyncio.TimeoutError:
                 pass  # look again: a notice missed (a reconnect) costs LOOK_AGAIN at most
+
+    async def _read_end(self, key: str) -> bytes | None:
+        """The end from the bucket: b"" while the job is pending, None if it is unknown."""
+        value = await self.layout.end(key)
+        if value is None and not await self.layout.pending(key):
+            value = await self.layout.end(key)  # it may have ended between the reads
+            if value is None:
+                return None
+        return value or b""
+
+    def _forget(self, key: str) -> None:
+        self._notices.pop(key, None)
+        self._mine.pop(key, None)
+        self._ends.pop(key, None)
 
 
 def _settle(notice: asyncio.Future[None]) -> None:

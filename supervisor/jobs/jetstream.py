@@ -35,6 +35,9 @@ from supervisor.jobs.natslink import Link, NatsError
 
 log = logging.getLogger("supervisor.jobs")
 TASK_HEADER = "Docbrain-Task"
+# Where a client with no daemon wants the end of its job published as well (a subject of
+# its own): it then reads no bucket for it. The bucket stays the truth.
+REPLY_HEADER = "Docbrain-Reply"
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_-]+")
 # Seconds within which a resent submit (the same id) is known to be one by the stream.
 DUPLICATE_WINDOW = 600.0
@@ -136,11 +139,13 @@ class Layout:
                                      ordered_consumer=True, headers_only=True,
                                      deliver_policy=api.DeliverPolicy.NEW)
 
-    async def publish(self, job_id: str, task: str, payload: bytes) -> bool:
+    async def publish(self, job_id: str, task: str, payload: bytes,
+                      reply: str | None = None) -> bool:
         """Store a pending job; True if the stream had it already (a resent submit)."""
         key = job_key(job_id)
-        ack = await self.link.js.publish(f"{self.subject}.{key}", payload,
-                                         headers={"Nats-Msg-Id": key, TASK_HEADER: task})
+        headers = {"Nats-Msg-Id": key, TASK_HEADER: task, **({REPLY_HEADER: reply} if reply
+                                                             else {})}
+        ack = await self.link.js.publish(f"{self.subject}.{key}", payload, headers=headers)
         return bool(ack.duplicate)
 
     async def store_end(self, key: str, value: bytes) -> bool:

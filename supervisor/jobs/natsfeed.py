@@ -5,6 +5,7 @@ daemon's loop runs, and a pipe that the loop polls, written when jobs came."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -33,6 +34,7 @@ class Feed:
         self.stream_running = 0    # and those leased to a host (this one included)
         self.dropped = 0           # messages on the job subjects that were no job
         self.closing = False
+        self._wanted = asyncio.Event()  # set (on the NATS thread) when `want` grew
         self.wake_r, self._wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -41,6 +43,13 @@ class Feed:
         """On the NATS thread, once connected."""
         for loop in (self._pull(), self._keep_leases()):
             asyncio.ensure_future(loop)
+
+    def set_want(self, count: int) -> None:
+        """From the daemon's thread: the pull loop wakes at once when the credit grew."""
+        grew = count > self.want
+        self.want = count
+        if grew:
+            self.link.loop.call_soon_threadsafe(self._wanted.set)
 
     def wake(self) -> None:
         try:
@@ -68,7 +77,11 @@ class Feed:
         while not self.closing:
             count = self.want - len(self.arrived)
             if count <= 0 or not self.link.up.is_set():
-                await asyncio.sleep(0.005 if count > 0 else 0.02)
+                self._wanted.clear()
+                if count <= 0 and self.want - len(self.arrived) > 0:
+                    continue  # it grew meanwhile
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wanted.wait(), 0.5 if count <= 0 else 0.1)
                 continue
             try:
                 msgs = await self.layout.consumer.fetch(min(count, MAX_PULL), timeout=PULL_WAIT)

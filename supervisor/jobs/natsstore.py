@@ -19,12 +19,13 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any
 
 from supervisor.conf.settings import Config
 from supervisor.jobs.held import QueuedJob
-from supervisor.jobs.jetstream import Layout, encode_record, job_key, key_job
+from supervisor.jobs.jetstream import REPLY_HEADER, Layout, encode_record, job_key, key_job
 from supervisor.jobs.natslink import Link, NatsError, NatsUnreachable, describe_servers, transient
 from supervisor.jobs.journal import DEAD, DONE, FAILED, PENDING, RUNNING, StoredJob
 from supervisor.jobs.natsfeed import Feed
@@ -33,6 +34,8 @@ from supervisor.jobs.store import Commit
 log = logging.getLogger("supervisor.jobs")
 COMMIT_TIMEOUT = 10.0  # seconds a commit waits for JetStream's acknowledgements
 QUERY_TIMEOUT = 1.0  # seconds the daemon's loop waits for a request's answer from NATS
+WRITE_TRIES = 4  # a write that failed for a passing reason (a leader election) is sent again
+Write = Callable[[], Coroutine[Any, Any, None]]
 
 
 def _log_failed_write(write: asyncio.Future[None]) -> None:
@@ -53,7 +56,7 @@ class NatsStore:
         self.layout = Layout(self.link, s, config.queue.result_ttl)
         self.feed = Feed(self.link, self.layout, s)
         self._submits: list[tuple[str, str, bytes]] = []
-        self._ops: list[Coroutine[Any, Any, None]] = []        # this pass's other writes
+        self._ops: list[Write] = []  # this pass's other writes
         self._ended: deque[str] = deque()  # ids whose end was stored (by any host)
         self._answers: deque[tuple[str, StoredJob | None]] = deque()  # what `look` found
         self._delayed: list[float] = []    # when the retries this host gave back are due
@@ -112,7 +115,7 @@ class NatsStore:
         return jobs
 
     def want(self, count: int) -> None:
-        self.feed.want = count
+        self.feed.set_want(count)
 
     def release(self, now: float) -> int:
         due = 0
@@ -125,19 +128,19 @@ class NatsStore:
         for job in jobs:
             msg = self.feed.leased.pop(job.id, None)
             if msg is not None:
-                self._ops.append(msg.nak())
+                self._ops.append(msg.nak)
 
     def lose(self, jobs: list[QueuedJob]) -> None:
         for job in jobs:
             msg = self.feed.leased.pop(job.id, None)
             if msg is not None:
-                self._ops.append(self._give_back(job, msg, None, None))
+                self._ops.append(partial(self._give_back, job, msg, None, None))
 
     def retry(self, job: QueuedJob, not_before: float, error: dict[str, Any] | None) -> None:
         msg = self.feed.leased.pop(job.id, None)
         heapq.heappush(self._delayed, not_before)
         if msg is not None:
-            self._ops.append(self._give_back(job, msg, not_before, error))
+            self._ops.append(partial(self._give_back, job, msg, not_before, error))
 
     async def _give_back(self, job: QueuedJob, msg: Any, not_before: float | None,
                          error: dict[str, Any] | None) -> None:
@@ -155,15 +158,24 @@ class NatsStore:
         record = {"id": job.id, "task": job.task, "state": state, "attempts": job.attempts,
                   "runs": job.runs, "submitted": submitted, "finished": now, "error": error,
                   "host": self.host}
-        self._ops.append(self._end(job, msg, record, result))
+        self._ops.append(partial(self._end, job, msg, record, result, set()))
 
     async def _end(self, job: QueuedJob, msg: Any, record: dict[str, Any],
-                   result: bytes | None) -> None:
+                   result: bytes | None, done: set[str]) -> None:
+        """Store the end, then ack the job; `done`: the steps of an earlier try that
+        went through (an end stored by this very run is not a late one)."""
         key = job_key(job.id)
-        if not await self.layout.store_end(key, encode_record(record, result)):
-            self.late_results += 1
-            log.info("job %s: a run elsewhere stored its end first; this one is dropped",
-                     job.id)
+        if "end" not in done:
+            value = encode_record(record, result)
+            first = await self.layout.store_end(key, value)
+            if not first:
+                self.late_results += 1
+                log.info("job %s: a run elsewhere stored its end first; this one is dropped",
+                         job.id)
+            done.add("end")
+            reply = (msg.headers or {}).get(REPLY_HEADER) if msg is not None else None
+            if first and reply:
+                await self.link.nc.publish(reply, value)  # no ack: the bucket has it
         if msg is not None:
             await msg.ack()
         if job.runs > 1 or job.attempts or (msg is not None and msg.metadata.num_delivered > 1):
@@ -191,9 +203,9 @@ class NatsStore:
         return report
 
     async def _commit(self, submits: list[tuple[str, str, bytes]],
-                      ops: list[Coroutine[Any, Any, None]], report: Commit) -> Commit:
+                      ops: list[Write], report: Commit) -> Commit:
         writes = [asyncio.ensure_future(self.layout.publish(*s)) for s in submits]
-        others = [asyncio.ensure_future(op) for op in ops]
+        others = [asyncio.ensure_future(self._write(op)) for op in ops]
         try:
             if writes or others:
                 await asyncio.wait([*writes, *others], timeout=COMMIT_TIMEOUT)
@@ -217,6 +229,22 @@ class NatsStore:
             report.settled = True
             self.feed.wake()
         return report
+
+    async def _write(self, op: Write) -> None:
+        """An end, an ack, a job given back: again, with backoff, while it fails for a
+        passing reason (else the job it is about comes back after ack_wait, and runs again).
+        A submit is not sent again here: its client resends it."""
+        delay = 0.5
+        for attempt in range(WRITE_TRIES):
+            try:
+                await op()
+                return
+            except Exception as exc:
+                if not transient(exc) or attempt == WRITE_TRIES - 1 or self.feed.closing:
+                    raise
+                log.debug("NATS: a write failed (%s); again in %g s", exc, delay)
+                await asyncio.sleep(delay)
+                delay *= 2
 
     def unfinished(self, job_id: str) -> bool:
         """Only what this host holds: a job elsewhere is found by `get`."""
@@ -304,7 +332,7 @@ class NatsStore:
         self.feed.arrived.clear()
         if held and self.link.up.is_set():
             try:
-                self.link.call(self._commit([], [m.nak() for m in held], Commit()),
+                self.link.call(self._commit([], [m.nak for m in held], Commit()),
                                COMMIT_TIMEOUT + 1)
             except TimeoutError as exc:
                 log.warning("NATS: jobs held here not given back (%s): they return after "

@@ -236,6 +236,13 @@ def test_nats_stopped_for_seconds_loses_nothing_and_restarts_nothing(
                      "the hosts to see NATS gone")
             shown = hosts[0].ctl("status")
             assert "NOT CONNECTED" in shown.stdout, shown.stdout
+            # Through a daemon too: once it has given up on a quick reconnect, one line
+            # naming the servers, exit 1 (the queue's fault, not the job's).
+            refused = hosts[0].ctl("submit", "echo", "1")
+            assert refused.returncode == 1, (refused.stdout, refused.stderr)
+            assert "NATS servers unreachable" in refused.stderr and \
+                nats_server.url in refused.stderr, refused.stderr
+            assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
             deadline = time.monotonic() + 10
             wait_for(lambda: time.monotonic() > deadline, 15, "10 s without NATS")
             nats_server.restart()
