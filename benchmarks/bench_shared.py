@@ -56,7 +56,7 @@ def _nats_config(servers: list[str], replicas: int, stream: str) -> str:
 
 
 @contextlib.contextmanager
-def _hosts(root: Path, count: int, queue: str, workers: int = 2
+def _hosts(root: Path, count: int, queue: str, workers: int = 2, credit: int = 16
            ) -> Iterator[tuple[list[list[str]], Path]]:
     """`count` daemons (own state_dirs, the nap task) with this [queue] configuration;
     yields their docbrainctl argv prefixes and a client's configuration (no daemon)."""
@@ -68,7 +68,7 @@ def _hosts(root: Path, count: int, queue: str, workers: int = 2
         for index in range(count):
             config = root / f"host{index}.toml"
             config.write_text(f'[supervisor]\nstate_dir = "{root}/host{index}"\n'
-                              f'[workers]\ncount = {workers}\ntasks = ["naps"]\n'
+                              f'[workers]\ncount = {workers}\ncredit = {credit}\ntasks = ["naps"]\n'
                               f'[env]\nPYTHONPATH = "{root}"\n{queue}')
             ctl = [sys.executable, "-m", "supervisor", "--config", str(config)]
             subprocess.run([*ctl, "start"], check=True, capture_output=True, env=env)
@@ -141,9 +141,10 @@ def _running_jobs(ctl: list[str]) -> list[str]:
 
 
 def host_killed(root: Path, url: str) -> dict[str, float]:
-    """2 hosts x 2 workers run 4 jobs of 2 s; host 0's daemon gets SIGKILL while its
-    workers run 2 of them: seconds until those 2 ended on host 1."""
-    with _hosts(root, 2, _nats_config([url], 1, "KILL")) as (ctls, client_config):
+    """2 hosts x 2 workers (credit 1: each holds the job it runs) run 4 jobs of 2 s; host
+    0's daemon gets SIGKILL while its workers run 2 of them: seconds until those 2 ended
+    on host 1."""
+    with _hosts(root, 2, _nats_config([url], 1, "KILL"), credit=1) as (ctls, client_config):
         with Client(str(client_config)) as client:
             ids = client.submit_many_nowait("nap", [2.0] * 4)
             deadline = time.monotonic() + 60

@@ -80,33 +80,36 @@ def judge(config: Config, shared: SharedQueue | None) -> Verdict:
     s = q.nats
     if shared is None or shared.error is not None:
         why = (shared.error if shared is not None else None) or "not looked at"
-        return Verdict(Status.FAIL, why, "start the NATS servers, or fix [queue.nats] servers and "
-                "credentials (`docbrainctl config` shows what is in use)")
+        return Verdict(Status.FAIL, why, "start the NATS servers, or fix [queue.nats] servers "
+                       "and credentials (`docbrainctl config` shows what is in use)")
     if shared.stream is None:
-        return Verdict(Status.PASS, f"connected to {shared.server}; stream {s.stream} does not exist "
-                f"yet: the first daemon to start creates it ({s.replicas} replicas)", "")
+        return Verdict(Status.PASS, f"connected to {shared.server}; stream {s.stream} does "
+                       f"not exist yet: the first daemon to start creates it ({s.replicas} "
+                       "replicas)")
     problems = list(shared.stream["problems"])
     if problems:
         return Verdict(Status.FAIL, f"stream {s.stream}: {'; '.join(problems)}",
-                "daemons refuse it: change queue.nats.stream, or the stream itself")
+                       "daemons refuse it: change queue.nats.stream, or the stream itself")
     replicas = (shared.cluster or {}).get("replicas") or []
     behind = [r for r in replicas if not r["current"]]
     if behind:
         names = ", ".join(f"{r['name']} (lag {r['lag']})" for r in behind)
         return Verdict(Status.WARN, f"stream {s.stream}: replica(s) not current: {names}",
-                "look at those NATS nodes: a replica behind cannot take over from the leader")
+                       "look at those NATS nodes: a replica behind cannot take over from "
+                       "the leader")
     if s.replicas == 1 and len(s.servers) > 1:
-        return Verdict(Status.WARN, f"{len(s.servers)} servers configured but replicas = 1: the jobs live "
-                "on one node, and the queue stops with it", "set queue.nats.replicas = 3 "
-                "(on a new stream name: a stream's replicas are not changed here)")
+        return Verdict(Status.WARN, f"{len(s.servers)} servers configured but replicas = 1: "
+                       "the jobs live on one node, and the queue stops with it",
+                       "set queue.nats.replicas = 3 (on a new stream name: a stream's "
+                       "replicas are not changed here)")
     consumer = shared.consumer or {}
     if consumer and abs(float(consumer["ack_wait"]) - s.ack_wait) > 0.001:
-        return Verdict(Status.WARN, f"the consumer's ack_wait is {consumer['ack_wait']:g} s, this "
-                f"configuration says {s.ack_wait:g} s", "give every host the same "
-                "queue.nats.ack_wait (each daemon sets it when it starts)")
+        return Verdict(Status.WARN, f"the consumer's ack_wait is {consumer['ack_wait']:g} s, "
+                       f"this configuration says {s.ack_wait:g} s", "give every host the "
+                       "same queue.nats.ack_wait (each daemon sets it when it starts)")
     leader = (shared.cluster or {}).get("leader")
     where = f", leader {leader}, all current" if leader and replicas else ""
     counts = (f": {consumer['waiting']} waiting, {consumer['leased']} leased, "
               f"{consumer['redelivered']} redelivered" if consumer else "")
-    return Verdict(Status.PASS, f"{shared.server}: stream {s.stream}, {shared.stream['replicas']} "
-            f"replica(s){where}{counts}", "")
+    return Verdict(Status.PASS, f"{shared.server}: stream {s.stream}, "
+                   f"{shared.stream['replicas']} replica(s){where}{counts}")

@@ -6,8 +6,9 @@ only queues work here: what a pass wrote (submits, ends, jobs given back) goes t
 together at `commit`, which the NATS thread settles once JetStream acknowledged them, so a
 submitter is told "accepted" only once the job is stored with the stream's replicas, and a
 result is handed out only once it is stored; the daemon's loop goes on meanwhile (its
-workers' heartbeats must not wait on the network). Jobs are pulled on the NATS thread, as many as this host's
-workers have credit for (`want`), and wake the daemon's loop through a pipe it polls.
+workers' heartbeats must not wait on the network). Jobs are pulled on the NATS thread, as
+many as this host's workers have credit for (`want`), and wake the daemon's loop through a
+pipe it polls.
 """
 
 from __future__ import annotations
