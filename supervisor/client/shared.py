@@ -31,6 +31,7 @@ from supervisor.jobs.store import StoreError
 from supervisor.proto import wire
 
 MAX_KEPT = 200_000  # ends of this client's jobs held for it (and keys it waits for)
+INBOX_GRACE = 0.5  # seconds the inbox has, after a job's end is stored, to bring it
 LOOK_AGAIN = 5.0  # seconds between reads of a job's end while no notice of it came
 QUERY_TIMEOUT = 10.0
 
@@ -53,6 +54,7 @@ class SharedClient(Client):
         self._inbox = f"_INBOX.docbrain.{uuid.uuid4().hex}"
         self._mine: dict[str, None] = {}
         self._ends: dict[str, bytes] = {}
+        self._unreplied: set[str] = set()
         try:
             self.link.call(self._open(), s.connect_timeout + 15)
         except (StoreError, TimeoutError) as exc:
@@ -67,8 +69,15 @@ class SharedClient(Client):
 
     async def _on_end(self, msg: Any) -> None:
         key = msg.subject.rsplit(".", 1)[-1]
-        if key in self._mine:
-            return  # its end comes to the inbox, with its value
+        if key in self._mine:  # its end comes to the inbox, with its value; if it does not
+            asyncio.get_running_loop().call_later(INBOX_GRACE, self._no_reply, key)
+            return
+        self._no_reply(key)
+
+    def _no_reply(self, key: str) -> None:
+        """Wake who waits for the job: it reads the bucket, unless the inbox had it."""
+        if key in self._mine and key not in self._ends:
+            self._unreplied.add(key)  # stored, and no reply came: read the bucket for it
         notice = self._notices.pop(key, None)
         if notice is not None and not notice.done():
             notice.set_result(None)
@@ -228,7 +237,7 @@ class SharedClient(Client):
         client's own jobs is waited for on the inbox first (no read of the bucket)."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        inbox_first = key in self._mine
+        inbox_first = key in self._mine and key not in self._unreplied
         while True:
             notice = self._notices.get(key)
             if notice is None or notice.done():
@@ -269,6 +278,7 @@ class SharedClient(Client):
         return value or b""
 
     def _forget(self, key: str) -> None:
+        self._unreplied.discard(key)
         self._notices.pop(key, None)
         self._mine.pop(key, None)
         self._ends.pop(key, None)

@@ -46,6 +46,49 @@ def _log_failed_write(write: asyncio.Future[None]) -> None:
         log.warning("NATS: a write failed: %s", write.exception())
 
 
+async def _settle(report: Commit, submits: list[tuple[str, str, bytes]],
+                  publishes: list[Coroutine[Any, Any, bool]],
+                  ops: list[Coroutine[Any, Any, None]]) -> None:
+    """Wait (COMMIT_TIMEOUT at most) for a commit's writes; fill in what it found."""
+    writes = [asyncio.ensure_future(p) for p in publishes]
+    others = [asyncio.ensure_future(op) for op in ops]
+    if writes or others:
+        await asyncio.wait([*writes, *others], timeout=COMMIT_TIMEOUT)
+    for (job_id, _, _), write in zip(submits, writes):
+        outcome = write.exception() if write.done() and not write.cancelled() \
+            else TimeoutError()
+        if outcome is None:
+            if write.result():
+                report.duplicates.append(job_id)
+        elif transient(outcome):
+            report.unanswered.append(job_id)  # it may be stored: the resend will say
+        else:
+            report.refused[job_id] = f"NATS did not store the job: {outcome}"
+    late = sum(not write.done() for write in writes)
+    if late:
+        log.warning("NATS: no acknowledgement within %g s; %d submit(s) left "
+                    "unanswered (their clients send them again)", COMMIT_TIMEOUT, late)
+    for op in others:
+        op.add_done_callback(_log_failed_write)
+
+
+async def _write(op: Write, feed: Feed) -> None:
+    """An end, an ack, a job given back: again, with backoff, while it fails for a
+    passing reason (else the job it is about comes back after ack_wait, and runs again).
+    A submit is not sent again here: its client resends it."""
+    delay = 0.5
+    for attempt in range(WRITE_TRIES):
+        try:
+            await op()
+            return
+        except Exception as exc:
+            if not transient(exc) or attempt == WRITE_TRIES - 1 or feed.closing:
+                raise
+            log.debug("NATS: a write failed (%s); again in %g s", exc, delay)
+            await asyncio.sleep(delay)
+            delay *= 2
+
+
 class NatsStore:
     """A `JobStore` (supervisor.jobs.store) on NATS JetStream."""
 
@@ -168,7 +211,9 @@ class NatsStore:
         key = job_key(job.id)
         if "end" not in done:
             value = encode_record(record, result)
-            first = await self.layout.store_end(key, value)
+            # A try that timed out may have stored it: then it is this run's, not late.
+            first = await self.layout.store_end(key, value) or \
+                await self.layout.end(key) == value
             if not first:
                 self.late_results += 1
                 log.info("job %s: a run elsewhere stored its end first; this one is dropped",
@@ -205,47 +250,13 @@ class NatsStore:
 
     async def _commit(self, submits: list[tuple[str, str, bytes]],
                       ops: list[Write], report: Commit) -> Commit:
-        writes = [asyncio.ensure_future(self.layout.publish(*s)) for s in submits]
-        others = [asyncio.ensure_future(self._write(op)) for op in ops]
         try:
-            if writes or others:
-                await asyncio.wait([*writes, *others], timeout=COMMIT_TIMEOUT)
-            for (job_id, _, _), write in zip(submits, writes):
-                outcome = write.exception() if write.done() and not write.cancelled() \
-                    else TimeoutError()
-                if outcome is None:
-                    if write.result():
-                        report.duplicates.append(job_id)
-                elif transient(outcome):
-                    report.unanswered.append(job_id)  # it may be stored: the resend will say
-                else:
-                    report.refused[job_id] = f"NATS did not store the job: {outcome}"
-            late = sum(not write.done() for write in writes)
-            if late:
-                log.warning("NATS: no acknowledgement within %g s; %d submit(s) left "
-                            "unanswered (their clients send them again)", COMMIT_TIMEOUT, late)
-            for op in others:
-                op.add_done_callback(_log_failed_write)
+            await _settle(report, submits, [self.layout.publish(*s) for s in submits],
+                          [_write(op, self.feed) for op in ops])
         finally:
             report.settled = True
             self.feed.wake()
         return report
-
-    async def _write(self, op: Write) -> None:
-        """An end, an ack, a job given back: again, with backoff, while it fails for a
-        passing reason (else the job it is about comes back after ack_wait, and runs again).
-        A submit is not sent again here: its client resends it."""
-        delay = 0.5
-        for attempt in range(WRITE_TRIES):
-            try:
-                await op()
-                return
-            except Exception as exc:
-                if not transient(exc) or attempt == WRITE_TRIES - 1 or self.feed.closing:
-                    raise
-                log.debug("NATS: a write failed (%s); again in %g s", exc, delay)
-                await asyncio.sleep(delay)
-                delay *= 2
 
     def unfinished(self, job_id: str) -> bool:
         """Only what this host holds: a job elsewhere is found by `get`."""
