@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +22,7 @@ import pytest
 
 from supervisor.proto.marker import MARKER_ENV, InstanceMarker
 from supervisor.proto.pidfile import running_pid
+from tests.nats_servers import wait_until
 
 # The fixtures nats_server and nats_cluster: real NATS JetStream servers.
 pytest_plugins = ["tests.nats_servers"]
@@ -34,14 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 def wait_for(condition: Callable[[], T], timeout: float, what: str,
              interval: float = 0.05) -> T:
     """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+    return wait_until(condition, timeout, what, interval)
 
 
 class Instance:
