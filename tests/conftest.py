@@ -22,7 +22,9 @@ import pytest
 
 from supervisor.proto.marker import MARKER_ENV, InstanceMarker
 from supervisor.proto.pidfile import running_pid
-from tests.nats_servers import wait_until
+
+pytest.register_assert_rewrite("tests.nats_servers")  # a plugin, imported here first
+from tests.nats_servers import wait_until  # noqa: E402
 
 # The fixtures nats_server and nats_cluster: real NATS JetStream servers.
 pytest_plugins = ["tests.nats_servers"]
