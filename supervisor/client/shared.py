@@ -34,6 +34,7 @@ MAX_KEPT = 200_000  # ends of this client's jobs held for it (and keys it waits 
 INBOX_GRACE = 0.5  # seconds the inbox has, after a job's end is stored, to bring it
 LOOK_AGAIN = 5.0  # seconds between reads of a job's end while no notice of it came
 QUERY_TIMEOUT = 10.0
+READY_BATCH = 256  # results of a map collected in one call to the NATS thread at most
 
 
 class SharedClient(Client):
@@ -133,18 +134,28 @@ class SharedClient(Client):
         return [job_id for job_id, _ in jobs]
 
     def result(self, job_id: str, timeout: float | None = None) -> Any:
-        value = self.link.call(self._end_of(job_key(job_id), timeout),
-                               1e9 if timeout is None else timeout + 10)
-        if value is None:
-            return outcome(job_id, "unknown", None, b"null")
-        record, result = decode_record(value)
-        return outcome(job_id, str(record.get("state")), record.get("error"),
-                       result or b"null")
+        return _outcome(job_id, self._ends_of([job_id], timeout)[0])
+
+    def _ends_of(self, job_ids: list[str], timeout: float | None) -> list[bytes | None]:
+        """The stored end of the first job (waited for), then of those after it whose
+        ends came already: one call to the NATS thread for many results of a map."""
+        return self.link.call(self._ready_ends([job_key(j) for j in job_ids], timeout),
+                              1e9 if timeout is None else timeout + 10)
+
+    async def _ready_ends(self, keys: list[str], timeout: float | None) -> list[bytes | None]:
+        found = [await self._end_of(keys[0], timeout)]
+        for key in keys[1:]:
+            if key in self._unreplied or (value := self._ends.get(key)) is None:
+                break
+            self._forget(key)
+            found.append(value)
+        return found
 
     def map_with_ids(self, task: str, payloads: Iterable[Any], timeout: float | None = None,
                      return_exceptions: bool = False,
                      stop: Callable[[], bool] | None = None) -> Iterator[tuple[str, Any]]:
         outstanding: collections.deque[tuple[str, Exception | None]] = collections.deque()
+        ready: dict[str, bytes | None] = {}  # ends collected ahead of their turn
         source = iter(payloads)
         exhausted = False
         chunk_size = min(SUBMIT_CHUNK, self.window)
@@ -168,11 +179,17 @@ class SharedClient(Client):
                     if problems.get(job_id) is not None:
                         outstanding[index] = (job_id, problems[job_id])
                 continue
-            head, problem = outstanding.popleft()
+            head, problem = outstanding[0]
+            if problem is None and head not in ready:
+                waited = list(itertools.takewhile(
+                    lambda job: job[1] is None, itertools.islice(outstanding, READY_BATCH)))
+                ready.update(zip((j for j, _ in waited),
+                                 self._ends_of([j for j, _ in waited], timeout)))
+            outstanding.popleft()
             try:
                 if problem is not None:
                     raise problem
-                value = self.result(head, timeout)
+                value = _outcome(head, ready.pop(head))
             except JobError as exc:
                 if not return_exceptions:
                     raise
@@ -282,6 +299,14 @@ class SharedClient(Client):
         self._notices.pop(key, None)
         self._mine.pop(key, None)
         self._ends.pop(key, None)
+
+
+def _outcome(job_id: str, value: bytes | None) -> Any:
+    """The result of a job from its stored end (None: no such job), or its JobError."""
+    if value is None:
+        return outcome(job_id, "unknown", None, b"null")
+    record, result = decode_record(value)
+    return outcome(job_id, str(record.get("state")), record.get("error"), result or b"null")
 
 
 def _settle(notice: asyncio.Future[None]) -> None:

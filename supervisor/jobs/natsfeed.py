@@ -35,6 +35,7 @@ class Feed:
         self.dropped = 0           # messages on the job subjects that were no job
         self.closing = False
         self._wanted = asyncio.Event()  # set (on the NATS thread) when `want` grew
+        self._woke = False  # written to the pipe since the loop last read it
         self.wake_r, self._wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -52,17 +53,25 @@ class Feed:
             self.link.loop.call_soon_threadsafe(self._wanted.set)
 
     def wake(self) -> None:
+        """Once until the loop reads the pipe (a write is a system call, and a thread
+        switch): it reads what came before it handles any of it (`woken`)."""
+        if self._woke:
+            return
+        self._woke = True
         try:
             os.write(self._wake_w, b"x")
         except BlockingIOError:
             pass  # the pipe is full: the loop is awake already
 
     def woken(self) -> None:
+        """On the daemon's thread, before it handles what the NATS thread brought: the
+        pipe is emptied first, so that a wake after it writes again."""
         try:
             while os.read(self.wake_r, 4096):
                 pass
         except BlockingIOError:
             pass
+        self._woke = False
 
     def held(self) -> list[Any]:
         """The messages of every job this host holds: leased, or pulled and not leased."""
