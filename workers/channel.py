@@ -25,6 +25,8 @@ class PendingJob:
     id: str
     task: str
     data: bytes
+    priority: int = wire.DEFAULT_PRIORITY
+    message: int = 0  # which Job message brought it: a batch is taken from one only
 
 
 # Between the worker's two threads (see `_io`): an inproc pair. One-frame messages are the
@@ -35,26 +37,44 @@ STOP = [b"stop"]    # task thread -> io thread: send what came before this, then
 
 
 class Mailbox:
-    """What the worker's threads share: the jobs received and not started, in order."""
+    """What the worker's threads share: the jobs received and not started, in the order
+    they run: the higher priorities first, each in the order it came."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.jobs: collections.deque[PendingJob] = collections.deque()
+        self.messages = 0  # Job messages received
         self.assigned: int | None = None  # a standby's slot, once the daemon gives it one
         self.heard = time.monotonic()     # the daemon's last message
 
     def take(self, batching: set[str]) -> list[PendingJob]:
         """The next job, and if its task is one of `batching`, every job of that task that
-        follows it; [] if the daemon took them all back meanwhile. Once taken, a job is
-        started: it can no longer be given back."""
+        follows it and came in the same message; [] if the daemon took them all back
+        meanwhile. Once taken, a job is started: it can no longer be given back."""
         with self.lock:
             if not self.jobs:
                 return []
-            jobs = [self.jobs.popleft()]
-            if jobs[0].task in batching:
-                while self.jobs and self.jobs[0].task == jobs[0].task:
+            first = self.jobs.popleft()
+            jobs = [first]
+            if first.task in batching:
+                while self.jobs and self.jobs[0].task == first.task and \
+                        self.jobs[0].message == first.message:
                     jobs.append(self.jobs.popleft())
             return jobs
+
+    def add(self, jobs: list[PendingJob]) -> None:
+        """Jobs of one priority that came in one message: after those held of the same or
+        a higher priority, before the lower ones."""
+        with self.lock:
+            held = self.jobs
+            if not held or held[-1].priority >= jobs[0].priority:
+                held.extend(jobs)
+                return
+            lower = []
+            while held and held[-1].priority < jobs[0].priority:
+                lower.append(held.pop())
+            held.extend(jobs)  # in place: the task thread holds on to this deque
+            held.extend(reversed(lower))
 
     def give_back(self, job_ids: list[str]) -> list[str]:
         """Remove the named jobs that are not started; their ids."""
@@ -78,9 +98,10 @@ class Mailbox:
                 log.warning("dropped a malformed message from the daemon: %s", exc)
                 continue
             if isinstance(message, wire.Job):
-                jobs = [PendingJob(*job) for job in zip(message.ids, message.tasks, message.data)]
-                with self.lock:
-                    self.jobs.extend(jobs)
+                self.messages += 1
+                if message.ids:
+                    self.add([PendingJob(*job, message.priority, self.messages)
+                              for job in zip(message.ids, message.tasks, message.data)])
                 wake = True
             elif isinstance(message, wire.Revoke):
                 sock.send_multipart(wire.encode(wire.Revoked(ids=self.give_back(message.ids))))

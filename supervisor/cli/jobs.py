@@ -15,9 +15,11 @@ import click
 
 from supervisor.cli import progress, render
 from supervisor.cli.common import CliExit, _call, _config, _paths, _running, fail
-from supervisor.client import (Client, DaemonNotRunning, JobDead, JobError, JobFailed, JobRejected,
-                               QueueUnreachable, SharedClient, encode_payload)
+from supervisor.client import (Client, DaemonNotRunning, JobCancelled, JobDead, JobError,
+                               JobFailed, JobRejected, QueueUnreachable, SharedClient,
+                               encode_payload)
 from supervisor.conf.settings import Config
+from supervisor.jobs.checks import NATS_PRIORITY
 from supervisor.jobs.journal import STATES, Journal, StoredJob
 from supervisor.jobs.store import StoreError
 from supervisor.proto import wire
@@ -81,6 +83,11 @@ def _client(config: Config) -> Client:
                    "the payload, and each output line carries the id as input_id.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds to wait for results (default: no limit).")
+@click.option("--priority", type=click.IntRange(wire.MIN_PRIORITY, wire.MAX_PRIORITY),
+              default=wire.DEFAULT_PRIORITY, show_default=True,
+              help="Higher runs first (first in, first out within a priority). Below the "
+                   "default: bulk work, handed out in small batches so that a higher job "
+                   "waits little.")
 @click.option("--progress/--no-progress", "show_progress", default=None,
               help="With --input, on stderr: by default a bar on a terminal, else a line "
                    f"every {progress.INTERVAL:g} s (${progress.INTERVAL_ENV}); "
@@ -89,7 +96,7 @@ def _client(config: Config) -> Client:
 @click.pass_context
 def submit(ctx: click.Context, task: str, payload_json: str | None, wait: bool,
            input_path: str | None, output_path: str | None, id_field: str | None,
-           timeout: float | None, show_progress: bool | None) -> None:
+           timeout: float | None, show_progress: bool | None, priority: int) -> None:
     """Submit a job of TASK with PAYLOAD_JSON (default null); print its id.
 
     With --input, one job per line. Ctrl-C stops waiting: the output keeps the lines of
@@ -103,6 +110,8 @@ def submit(ctx: click.Context, task: str, payload_json: str | None, wait: bool,
         if given is not None and not input_path:
             fail(2, f"{name} needs --input")
     config = _config(ctx)
+    if config.queue.backend == "nats" and priority != wire.DEFAULT_PRIORITY:
+        fail(2, NATS_PRIORITY)
     if input_path:
         jobs = _read_jsonl(input_path, wire.payload_limit(config.queue.max_payload_bytes),
                            id_field)
@@ -118,10 +127,10 @@ def submit(ctx: click.Context, task: str, payload_json: str | None, wait: bool,
                 if output_path:
                     with open(output_path, "w", encoding="utf-8") as out:
                         code = _submit_many(client, task, jobs, id_field, out, timeout,
-                                            shown, f"in {output_path}")
+                                            shown, f"in {output_path}", priority)
                 else:
                     code = _submit_many(client, task, jobs, id_field, sys.stdout, timeout,
-                                        shown, "on stdout")
+                                        shown, "on stdout", priority)
             except (TimeoutError, QueueUnreachable) as exc:  # --timeout, or never answered
                 fail(1, str(exc))
         if code:
@@ -130,7 +139,7 @@ def submit(ctx: click.Context, task: str, payload_json: str | None, wait: bool,
     payload = None if payload_json is None else _parse_json(payload_json, "PAYLOAD_JSON")
     with _client(config) as client:
         try:
-            job_id = client.submit(task, payload)
+            job_id = client.submit(task, payload, priority=priority)
             if not wait:
                 click.echo(job_id)
                 return
@@ -139,13 +148,13 @@ def submit(ctx: click.Context, task: str, payload_json: str | None, wait: bool,
             fail(1, str(exc))
         except JobRejected as exc:
             fail(2, f"rejected: {exc}")
-        except (JobFailed, JobDead) as exc:
+        except (JobFailed, JobDead, JobCancelled) as exc:
             fail(1, str(exc))
 
 
 def _submit_many(client: Client, task: str, jobs: list[tuple[Any, Any]],
                  id_field: str | None, out: IO[str], timeout: float | None,
-                 shown: progress.Progress, dest: str) -> int:
+                 shown: progress.Progress, dest: str, priority: int) -> int:
     taken = 0  # payloads the client took: it takes them only as it submits them
 
     def payloads() -> Iterator[Any]:
@@ -159,15 +168,15 @@ def _submit_many(client: Client, task: str, jobs: list[tuple[Any, Any]],
             shown.tick()
             return interrupt.hit
         outcomes = client.map_with_ids(task, payloads(), timeout, return_exceptions=True,
-                                       stop=stop)
+                                       stop=stop, priority=priority)
         try:
             for (input_id, _), (job_id, value) in zip(jobs, outcomes):
                 line: dict[str, Any] = {"id": job_id}
                 if id_field is not None:
                     line["input_id"] = input_id
                 if isinstance(value, JobError):
-                    line["state"] = {JobFailed: "failed", JobDead: "dead"}.get(type(value),
-                                                                                "rejected")
+                    line["state"] = {JobFailed: "failed", JobDead: "dead",
+                                     JobCancelled: "cancelled"}.get(type(value), "rejected")
                     line["error"] = _error_of(value)
                 else:
                     line.update(state="done", result=value)
@@ -238,7 +247,7 @@ class _Interrupt:
 def _error_of(exc: JobError) -> dict[str, Any]:
     if isinstance(exc, JobFailed):
         return {"type": exc.type, "message": exc.message, "traceback": exc.traceback}
-    if isinstance(exc, JobDead):
+    if isinstance(exc, (JobDead, JobCancelled)):
         return {"reason": exc.reason}
     return {"reason": str(exc)}
 
@@ -269,11 +278,12 @@ def jobs(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> No
         click.echo(json.dumps({"jobs": rows}, indent=2))
         return
     now = time.time()
-    table = [[r["id"], r["task"], r["state"], str(r["runs"]), str(r["attempts"]),
-              render.duration(now - r["submitted"]) + " ago", _last_error(r, now)]
-             for r in rows]
-    click.echo(render.table(["ID", "TASK", "STATE", "RUNS", "LOST", "SUBMITTED", "ERROR"],
-                            table))
+    table = [[r["id"], r["task"], r["state"],
+              str(r.get("priority", wire.DEFAULT_PRIORITY)), str(r["runs"]),
+              str(r["attempts"]), render.duration(now - r["submitted"]) + " ago",
+              _last_error(r, now)] for r in rows]
+    click.echo(render.table(["ID", "TASK", "STATE", "PRI", "RUNS", "LOST", "SUBMITTED",
+                             "ERROR"], table))
 
 
 def _last_error(row: dict[str, Any], now: float) -> str:

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from supervisor.cli import daemon, doctor, jobs, ops, service
+from supervisor.cli import daemon, doctor, jobs, ops, queue, service
 from supervisor.cli.common import CliExit
 from supervisor.conf.config import ConfigError
 from supervisor.proto.paths import StateDirError
@@ -27,7 +27,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 
 
-for _module in (daemon, jobs, ops, service, doctor):
+for _module in (daemon, jobs, queue, ops, service, doctor):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

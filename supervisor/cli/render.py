@@ -65,6 +65,8 @@ def status(data: dict[str, Any]) -> str:
     queue = data.get("queue")
     if queue:
         shown = [f"{queue[k]:,} {k}" for k in ("pending", "running", "done", "failed", "dead")]
+        if queue.get("cancelled"):
+            shown.append(f"{queue['cancelled']:,} cancelled")
         if queue.get("retrying"):
             shown[0] += f" ({queue['retrying']:,} waiting to retry)"
         lines.append("queue: " + ", ".join(shown))

@@ -3,14 +3,16 @@ daemon of this machine; with `[queue] backend = "nats"` and no daemon here, it t
 the shared queue directly (supervisor.client.shared)."""
 
 from supervisor.client import local
-from supervisor.client.errors import (DaemonNotRunning, JobDead, JobError, JobFailed,
-                                      JobRejected, NotAcknowledged, PayloadError,
-                                      QueueRefused, QueueUnreachable, UnknownJob, encode_payload)
+from supervisor.client.errors import (CancelRefused, DaemonNotRunning, JobCancelled, JobDead,
+                                      JobError, JobFailed, JobRejected, NotAcknowledged,
+                                      PayloadError, QueueRefused, QueueUnreachable, UnknownJob,
+                                      encode_payload)
 from supervisor.client.local import Client
 from supervisor.client.shared import SharedClient
 
 local.SHARED = SharedClient  # what Client(config) is when the queue is NATS's, no daemon here
 
-__all__ = ["Client", "DaemonNotRunning", "JobDead", "JobError", "JobFailed", "JobRejected",
+__all__ = ["CancelRefused", "Client", "DaemonNotRunning", "JobCancelled", "JobDead",
+           "JobError", "JobFailed", "JobRejected",
            "NotAcknowledged", "PayloadError", "QueueRefused", "QueueUnreachable", "SharedClient",
            "UnknownJob", "encode_payload"]

@@ -52,6 +52,19 @@ class JobDead(JobError):
         super().__init__(job_id, f"job {job_id} is dead: {reason}")
 
 
+class JobCancelled(JobError):
+    """The job was cancelled (`Client.cancel`, `docbrainctl cancel`). `reason` says how."""
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(job_id, f"job {job_id} was {reason}")
+
+
+class CancelRefused(ValueError):
+    """A cancel the daemon refused, changing nothing: the message names each job that could
+    not be cancelled (unknown, ended, running without terminate), or why none can be."""
+
+
 class UnknownJob(JobError, KeyError):
     """The daemon has no job of that id (never submitted, or purged after result_ttl).
     A KeyError too, as it always was."""
@@ -107,4 +120,6 @@ def outcome(job_id: str, state: str, error: dict[str, Any] | None, data: bytes) 
         raise JobFailed(job_id, error)
     if state == "dead":
         raise JobDead(job_id, str(error.get("reason", "unknown")))
+    if state == "cancelled":
+        raise JobCancelled(job_id, str(error.get("reason", "cancelled")))
     raise UnknownJob(job_id, f"no such job: {job_id}")

@@ -28,11 +28,12 @@ from typing import Any
 
 import zmq
 
-from supervisor.client.errors import (DaemonNotRunning, JobError, JobRejected, NotAcknowledged,
-                                      PayloadError, encode_payload, outcome, rejection)
+from supervisor.client.errors import (CancelRefused, DaemonNotRunning, JobError, JobRejected,
+                                      NotAcknowledged, PayloadError, encode_payload, outcome,
+                                      rejection)
 from supervisor.conf.config import load_config
 from supervisor.conf.settings import Config
-from supervisor.proto import wire
+from supervisor.proto import control, wire
 from supervisor.proto.paths import StatePaths
 from supervisor.proto.pidfile import running_pid
 
@@ -42,6 +43,13 @@ RESEND_AFTER = 2.0   # seconds without an answer before a request is sent again
 ACK_TIMEOUT = 60.0
 SUBMIT_CHUNK = 256   # jobs in one Submit message at most
 STOP_POLL = 0.1      # seconds between calls of map_with_ids' stop() while it waits
+
+
+def check_priority(priority: Any) -> None:
+    """ValueError, naming the problem, for what is not a priority (0-9)."""
+    problem = wire.priority_problem(priority)
+    if problem:
+        raise ValueError(problem)
 
 
 class _Stopped(Exception):
@@ -55,6 +63,7 @@ class _Sent:
     data: bytes
     first: float  # when first sent: its answer is due ack_timeout later
     last: float   # when last sent
+    priority: int = wire.DEFAULT_PRIORITY
     sends: int = 1
 
 
@@ -106,11 +115,13 @@ class Client:
 
     # -- the API -------------------------------------------------------------------------
 
-    def submit(self, task: str, payload: Any = None, timeout: float | None = None) -> str:
-        """Submit one job; returns its id once the daemon has committed it. Raises
-        PayloadError (nothing sent), JobRejected, or NotAcknowledged after `timeout`
-        seconds (default: ack_timeout) without an answer."""
-        job_id = self.submit_nowait(task, payload)
+    def submit(self, task: str, payload: Any = None, timeout: float | None = None, *,
+               priority: int = wire.DEFAULT_PRIORITY) -> str:
+        """Submit one job; returns its id once the daemon has committed it. `priority`:
+        0-9, higher runs first (ValueError else). Raises PayloadError (nothing sent),
+        JobRejected, or NotAcknowledged after `timeout` seconds (default: ack_timeout)
+        without an answer."""
+        job_id = self.submit_nowait(task, payload, priority=priority)
         limit = self.ack_timeout if timeout is None else timeout
         try:
             self._wait_for(lambda: job_id in self._acks, limit, "")
@@ -119,13 +130,16 @@ class Client:
         self._check_ack(job_id)
         return job_id
 
-    def submit_nowait(self, task: str, payload: Any = None) -> str:
+    def submit_nowait(self, task: str, payload: Any = None, *,
+                      priority: int = wire.DEFAULT_PRIORITY) -> str:
         """Send a submit without waiting for its acknowledgement (for pipelining)."""
-        return self.submit_many_nowait(task, [payload])[0]
+        return self.submit_many_nowait(task, [payload], priority=priority)[0]
 
-    def submit_many_nowait(self, task: str, payloads: list[Any]) -> list[str]:
+    def submit_many_nowait(self, task: str, payloads: list[Any], *,
+                           priority: int = wire.DEFAULT_PRIORITY) -> list[str]:
         """Send jobs of one task, without waiting for their acknowledgement. Every payload
         is checked first: PayloadError or TypeError, and nothing is sent."""
+        check_priority(priority)
         ids = [uuid.uuid4().hex for _ in payloads]
         data = []
         for index, (job_id, payload) in enumerate(zip(ids, payloads)):
@@ -134,7 +148,7 @@ class Client:
             except ValueError as exc:
                 where = f"payloads[{index}]: " if len(payloads) > 1 else ""
                 raise PayloadError(job_id, f"{where}{exc}") from None
-        self._send_submit(task, list(zip(ids, data)))
+        self._send_submit(task, list(zip(ids, data)), priority)
         return ids
 
     def result(self, job_id: str, timeout: float | None = None) -> Any:
@@ -148,23 +162,28 @@ class Client:
         return outcome(job_id, *self._results.pop(job_id))
 
     def map(self, task: str, payloads: Iterable[Any], timeout: float | None = None,
-            return_exceptions: bool = False) -> Iterator[Any]:
+            return_exceptions: bool = False, *,
+            priority: int = wire.DEFAULT_PRIORITY) -> Iterator[Any]:
         """Submit a job per payload, pipelined, and yield the results in input order.
 
         With return_exceptions, a failed, dead or rejected job yields its exception
         instead of raising it; a payload refused here (PayloadError) is such a rejected job,
-        and is not sent. NotAcknowledged and TimeoutError are raised.
+        and is not sent. NotAcknowledged and TimeoutError are raised. `priority` is every
+        job's (0-9; ValueError else).
         """
-        for _job_id, value in self.map_with_ids(task, payloads, timeout, return_exceptions):
+        for _job_id, value in self.map_with_ids(task, payloads, timeout, return_exceptions,
+                                                priority=priority):
             yield value
 
     def map_with_ids(self, task: str, payloads: Iterable[Any], timeout: float | None = None,
                      return_exceptions: bool = False,
-                     stop: Callable[[], bool] | None = None) -> Iterator[tuple[str, Any]]:
+                     stop: Callable[[], bool] | None = None, *,
+                     priority: int = wire.DEFAULT_PRIORITY) -> Iterator[tuple[str, Any]]:
         """As `map`, yielding (job id, result) pairs. `stop()`, if given, is called before
         each group of submits and every STOP_POLL seconds while a result is awaited; once
         true, the map ends: nothing more is submitted (payloads are taken only as they are
         submitted), those submitted run on in the daemon (see `settle`)."""
+        check_priority(priority)
         outstanding: collections.deque[str] = collections.deque()
         source = iter(payloads)
         exhausted = False
@@ -176,7 +195,7 @@ class Client:
                 chunk = list(itertools.islice(source, min(room, SUBMIT_CHUNK)))
                 exhausted = len(chunk) < min(room, SUBMIT_CHUNK)
                 if chunk:
-                    outstanding.extend(self._submit_chunk(task, chunk))
+                    outstanding.extend(self._submit_chunk(task, chunk, priority))
                 continue
             if not outstanding:
                 return
@@ -195,6 +214,20 @@ class Client:
                 value = exc
             yield head, value
 
+    def cancel(self, job_ids: str | list[str], terminate: bool = False) -> list[str]:
+        """Cancel jobs, all or none (README: Cancel); a running one only with `terminate`.
+        The ids cancelled; CancelRefused naming each that cannot be (nothing changes), or
+        TimeoutError: no answer. Their waiters get JobCancelled."""
+        ids = [job_ids] if isinstance(job_ids, str) else list(job_ids)
+        try:
+            answer = control.call(self._paths.endpoint("control"), "cancel", {
+                "ids": ids, "terminate": terminate}, self.config.supervisor.control_timeout)
+        except control.ControlTimeout:
+            raise
+        except control.ControlError as exc:
+            raise CancelRefused(str(exc)) from None
+        return list(answer.get("cancelled", []))
+
     def settle(self, timeout: float) -> int:
         """After a map stopped early: wait up to `timeout` seconds for answers to the
         submits sent (resent if need be; nothing new); how many are still unanswered."""
@@ -206,7 +239,7 @@ class Client:
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _submit_chunk(self, task: str, payloads: list[Any]) -> list[str]:
+    def _submit_chunk(self, task: str, payloads: list[Any], priority: int) -> list[str]:
         """Send what passes the checks; the others are rejected here, in their place."""
         ids = [uuid.uuid4().hex for _ in payloads]
         jobs = []
@@ -215,13 +248,13 @@ class Client:
                 jobs.append((job_id, encode_payload(payload, self.payload_limit)))
             except ValueError as exc:
                 self._acks[job_id] = PayloadError(job_id, str(exc))
-        self._send_submit(task, jobs)
+        self._send_submit(task, jobs, priority)
         return ids
 
-    def _send_submit(self, task: str, jobs: list[tuple[str, bytes]]) -> None:
+    def _send_submit(self, task: str, jobs: list[tuple[str, bytes]], priority: int) -> None:
         def build(part: list[tuple[str, bytes]]) -> wire.Submit:
             return wire.Submit(ids=[j for j, _ in part], task=task, wait=True,
-                               data=[d for _, d in part])
+                               priority=priority, data=[d for _, d in part])
         # Several messages where one body would be over MAX_BODY (a big resend).
         for frames in wire.encode_many(build, jobs):
             self.sock.send_multipart(frames)
@@ -229,7 +262,7 @@ class Client:
         for job_id, item in jobs:
             sent = self._unacked.get(job_id)
             if sent is None:
-                self._unacked[job_id] = _Sent(task, item, now, now)
+                self._unacked[job_id] = _Sent(task, item, now, now, priority)
             else:
                 sent.last, sent.sends = now, sent.sends + 1
 
@@ -246,16 +279,7 @@ class Client:
 
     def _not_acknowledged(self, job_id: str) -> NotAcknowledged:
         sent = self._unacked.pop(job_id, None)  # given up: no more resends
-        waited = time.monotonic() - sent.first if sent else self.ack_timeout
-        if running_pid(self._paths.pidfile) is None:
-            cause = f"the daemon is not running (state_dir {self._paths.state_dir})"
-        else:
-            cause = ("the daemon runs but did not answer: no worker has become READY (see "
-                     "docbrainctl status), it is stuck, or it dropped the message unread (an "
-                     "older daemon does so with a payload over its ZeroMQ MAXMSGSIZE)")
-        sends = sent.sends if sent else 1
-        return NotAcknowledged(job_id, f"no answer from the daemon to the submit of job "
-                               f"{job_id} in {waited:.0f} s ({sends} sends): {cause}")
+        return _not_acknowledged(self._paths, job_id, sent, self.ack_timeout)
 
     def _wait_for(self, done: Any, timeout: float | None, what: str,
                   ack_of: str | None = None, stop: Callable[[], bool] | None = None) -> None:
@@ -272,26 +296,13 @@ class Client:
                 if now - sent.first >= self.ack_timeout:
                     raise self._not_acknowledged(ack_of)
                 wait = min(wait, sent.first + self.ack_timeout - now)
-            if self._poll(wait, stop):
+            if _poll(self.sock, wait, stop):
                 self._receive()
                 # Answers to others keep coming: a dropped submit must still go again.
                 if now >= self._next_resend:
                     self._resend(waits=False)
             else:
                 self._resend()
-
-    def _poll(self, wait: float, stop: Callable[[], bool] | None) -> bool:
-        """Whether a message came within `wait` seconds; stop() asked every STOP_POLL."""
-        end = time.monotonic() + wait
-        while True:
-            if stop is not None and stop():
-                raise _Stopped
-            left = max(0.0, end - time.monotonic())
-            step = left if stop is None else min(left, STOP_POLL)
-            if self.sock.poll(int(step * 1000) + 1):
-                return True
-            if stop is None or left <= STOP_POLL:
-                return False
 
     def _receive(self) -> None:
         for frames in wire.waiting(self.sock):
@@ -320,14 +331,43 @@ class Client:
         message; ask again. Waits only after a silence: results may just be slow."""
         now = time.monotonic()
         self._next_resend = now + RESEND_AFTER
-        by_task: dict[str, list[tuple[str, bytes]]] = {}
+        by_kind: dict[tuple[str, int], list[tuple[str, bytes]]] = {}
         for job_id, sent in self._unacked.items():
             if now - sent.last >= RESEND_AFTER:
-                by_task.setdefault(sent.task, []).append((job_id, sent.data))
-        for task, jobs in by_task.items():
-            self._send_submit(task, jobs)
+                by_kind.setdefault((sent.task, sent.priority), []).append((job_id, sent.data))
+        for (task, priority), jobs in by_kind.items():
+            self._send_submit(task, jobs, priority)
         if not waits:
             return
         stale = [job_id for job_id, asked in self._waiting.items() if now - asked >= RESEND_AFTER]
         if stale:
             self._send_wait(stale)
+
+
+def _poll(sock: zmq.Socket, wait: float, stop: Callable[[], bool] | None) -> bool:
+    """Whether a message came within `wait` seconds; stop() asked every STOP_POLL."""
+    end = time.monotonic() + wait
+    while True:
+        if stop is not None and stop():
+            raise _Stopped
+        left = max(0.0, end - time.monotonic())
+        step = left if stop is None else min(left, STOP_POLL)
+        if sock.poll(int(step * 1000) + 1):
+            return True
+        if stop is None or left <= STOP_POLL:
+            return False
+
+
+def _not_acknowledged(paths: StatePaths, job_id: str, sent: _Sent | None,
+                      ack_timeout: float) -> NotAcknowledged:
+    """The error of a submit given up on, with what may be the cause."""
+    waited = time.monotonic() - sent.first if sent else ack_timeout
+    if running_pid(paths.pidfile) is None:
+        cause = f"the daemon is not running (state_dir {paths.state_dir})"
+    else:
+        cause = ("the daemon runs but did not answer: no worker has become READY (see "
+                 "docbrainctl status), it is stuck, or it dropped the message unread (an "
+                 "older daemon does so with a payload over its ZeroMQ MAXMSGSIZE)")
+    sends = sent.sends if sent else 1
+    return NotAcknowledged(job_id, f"no answer from the daemon to the submit of job "
+                           f"{job_id} in {waited:.0f} s ({sends} sends): {cause}")

@@ -19,11 +19,14 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from supervisor.client.errors import (JobError, NotAcknowledged, PayloadError,
+from supervisor.client.errors import (CancelRefused, JobError, NotAcknowledged, PayloadError,
                                       QueueRefused, QueueUnreachable, encode_payload, outcome)
-from supervisor.client.local import ACK_TIMEOUT, RESEND_AFTER, SUBMIT_CHUNK, Client
+from supervisor.client.local import (ACK_TIMEOUT, RESEND_AFTER, SUBMIT_CHUNK, Client,
+                                     check_priority)
 from supervisor.conf.config import load_config
 from supervisor.conf.settings import Config
+from supervisor.jobs.cancel import NATS_CANCEL
+from supervisor.jobs.checks import NATS_PRIORITY
 from supervisor.jobs.jetstream import Layout, decode_record, job_key, key_job
 from supervisor.jobs.journal import StoredJob
 from supervisor.jobs.natslink import Link, describe_servers, transient
@@ -104,8 +107,10 @@ class SharedClient(Client):
 
     # -- the API (as Client's) -----------------------------------------------------------
 
-    def submit(self, task: str, payload: Any = None, timeout: float | None = None) -> str:
+    def submit(self, task: str, payload: Any = None, timeout: float | None = None, *,
+               priority: int = wire.DEFAULT_PRIORITY) -> str:
         """Submit one job; returns its id once JetStream has stored it."""
+        _check_priority(priority)
         job_id = uuid.uuid4().hex
         try:
             data = encode_payload(payload, self.payload_limit)
@@ -116,10 +121,9 @@ class SharedClient(Client):
             raise problem
         return job_id
 
-    def submit_nowait(self, task: str, payload: Any = None) -> str:
-        return self.submit(task, payload)
-
-    def submit_many_nowait(self, task: str, payloads: list[Any]) -> list[str]:
+    def submit_many_nowait(self, task: str, payloads: list[Any], *,
+                           priority: int = wire.DEFAULT_PRIORITY) -> list[str]:
+        _check_priority(priority)
         jobs = []
         for index, payload in enumerate(payloads):
             job_id = uuid.uuid4().hex
@@ -153,7 +157,9 @@ class SharedClient(Client):
 
     def map_with_ids(self, task: str, payloads: Iterable[Any], timeout: float | None = None,
                      return_exceptions: bool = False,
-                     stop: Callable[[], bool] | None = None) -> Iterator[tuple[str, Any]]:
+                     stop: Callable[[], bool] | None = None, *,
+                     priority: int = wire.DEFAULT_PRIORITY) -> Iterator[tuple[str, Any]]:
+        _check_priority(priority)
         outstanding: collections.deque[tuple[str, Exception | None]] = collections.deque()
         ready: dict[str, bytes | None] = {}  # ends collected ahead of their turn
         source = iter(payloads)
@@ -195,6 +201,9 @@ class SharedClient(Client):
                     raise
                 value = exc
             yield head, value
+
+    def cancel(self, job_ids: str | list[str], terminate: bool = False) -> list[str]:
+        raise CancelRefused(NATS_CANCEL)
 
     def settle(self, timeout: float) -> int:
         return 0  # every submit here is answered before it returns
@@ -299,6 +308,13 @@ class SharedClient(Client):
         self._notices.pop(key, None)
         self._mine.pop(key, None)
         self._ends.pop(key, None)
+
+
+def _check_priority(priority: Any) -> None:
+    """ValueError for what is not a priority, and for one NATS cannot keep."""
+    check_priority(priority)
+    if priority != wire.DEFAULT_PRIORITY:
+        raise ValueError(NATS_PRIORITY)
 
 
 def _outcome(job_id: str, value: bytes | None) -> Any:

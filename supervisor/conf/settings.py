@@ -125,6 +125,11 @@ class WorkersSettings:
         16, "Jobs a worker may hold at once (the one it runs and those queued behind it). "
         "Jobs held by a worker that dies are requeued.", at_least(1)
     )
+    low_priority_batch: int = _setting(
+        2, "Jobs of a priority below the default (0-4) a worker is handed at a time, so "
+        "that a higher-priority job waits behind a short batch; those jobs also leave one "
+        "job of a worker's credit free for a higher one.", at_least(1)
+    )
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from supervisor.jobs import query
 from supervisor.jobs.broker import Broker
 from supervisor.jobs.journal import STATES
 from supervisor.jobs.store import StoreError
+from supervisor.pool.lifecycle import Event
 from supervisor.pool.pool import WorkerPool
 from supervisor.proto.control import ControlServer, Handler, RequestError
 from supervisor.proto.paths import StatePaths
@@ -53,7 +54,7 @@ class ControlRequests:
     def handlers(self) -> dict[str, Handler]:
         return {"ping": lambda _args: {"pid": self.d.pid}, "status": self.status,
                 "stop": self.stop, "jobs": self.jobs, "job": self.job, "reload": self.reload,
-                "scale": self.scale}
+                "scale": self.scale, "cancel": self.cancel}
 
     def reload(self, _args: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -105,6 +106,24 @@ class ControlRequests:
         if info is None:
             raise RequestError(f"no such job: {job_id}")
         return {"job": info}
+
+    def cancel(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Cancel jobs, all or none (supervisor.jobs.cancel); a running one only with
+        terminate: its worker is killed, and replaced as after a crash."""
+        ids, terminate = args.get("ids"), args.get("terminate", False)
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise RequestError(f"cancel: ids must be a list of job ids, got {ids!r}")
+        if not isinstance(terminate, bool):
+            raise RequestError(f"cancel: terminate must be true or false, got {terminate!r}")
+        stopped = self.d.broker.cancel(ids, terminate)
+        self.d.broker.store.commit()  # durable before the answer (clients are told at flush)
+        now = time.monotonic()
+        for job_id, slot in stopped:
+            if slot is not None:
+                self.d.pool.apply(self.d.pool.slots[slot], Event.KILL, now,
+                                  f"job {job_id} cancelled with terminate")
+        return {"cancelled": [job_id for job_id, _ in stopped],
+                "terminated": [job_id for job_id, slot in stopped if slot is not None]}
 
     def status(self, _args: dict[str, Any]) -> dict[str, Any]:
         now = time.monotonic()

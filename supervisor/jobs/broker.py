@@ -19,9 +19,12 @@ from typing import Any
 import zmq
 
 from supervisor.conf.settings import Config
-from supervisor.jobs.checks import retry_delay, submit_problem
+from supervisor.jobs.checks import priority_problem, retry_delay, submit_problem
+from supervisor.jobs.dispatch import dispatch
 from supervisor.jobs.held import HeldJobs, QueuedJob
-from supervisor.jobs.journal import DEAD, DONE, FAILED, FINAL_STATES, PENDING, StoredJob
+from supervisor.jobs.cancel import HELD, RUNNING, WAITING, Cancels
+from supervisor.jobs.journal import (CANCELLED, DEAD, DONE, FAILED, FINAL_STATES, PENDING,
+                                     StoredJob)
 from supervisor.jobs.replies import Replies
 from supervisor.jobs.sqlite import SqliteStore
 from supervisor.jobs.store import Commit, JobStore
@@ -29,11 +32,6 @@ from supervisor.proto import wire
 
 log = logging.getLogger("supervisor.jobs")
 PURGE_EVERY = 3600.0  # seconds between purges of expired results
-# A worker whose current job has run this long is busy: it is handed no more jobs, and the
-# jobs it holds unstarted are taken back while another serving worker is not busy, so no
-# job waits behind a long one (Celery's prefetch problem). Prefetching behind a job this
-# long saves nothing worth having: one round trip of well under a millisecond.
-BUSY_AFTER = 0.1  # seconds
 BUILTIN_TASKS = ("noop", "echo")
 
 
@@ -70,7 +68,7 @@ class Broker:
         self.store = open_store(config, journal_path)
         self.held = HeldJobs(q.max_attempts)
         self.catalog: dict[str, dict[str, Any]] = {}
-        self.deferred: list[tuple[bytes, str, str, bool, bytes]] = []
+        self.deferred: list[tuple[bytes, str, str, bool, bytes, int]] = []
         self.waiters: dict[str, set[bytes]] = {}
         self.replies = Replies()  # what to tell clients after this pass's commit
         # Passes whose commit a shared store has not settled yet, with what to tell then;
@@ -79,6 +77,7 @@ class Broker:
         # Told of every job that ends: task, state, seconds it ran (None when unknown).
         self.on_finished: Callable[[str, str, float | None], None] | None = None
         self.jobs_done: dict[int, int] = {}
+        self.cancels = Cancels()  # jobs workers hold that were cancelled: to ask back
         self.dropped = 0
         self._next_purge = 0.0
 
@@ -96,18 +95,25 @@ class Broker:
                 continue
             client = frames[0]
             if isinstance(message, wire.Submit):
+                refused = priority_problem(self.config, message.priority)
                 for job_id, data in zip(message.ids, message.data):
-                    self._submit(client, job_id, message.task, message.wait, data)
+                    if refused:
+                        self.replies.rejected.append(
+                            (client, wire.Rejected(id=job_id, error=refused)))
+                    else:
+                        self._submit(client, job_id, message.task, message.wait, data,
+                                     message.priority)
             elif isinstance(message, wire.Wait):
                 for job_id in message.ids:
                     self._wait(client, job_id)
             else:
                 self.dropped += 1
 
-    def _submit(self, client: bytes, job_id: str, task: str, wait: bool, data: bytes) -> None:
+    def _submit(self, client: bytes, job_id: str, task: str, wait: bool, data: bytes,
+                priority: int) -> None:
         if not self.catalog:
             # No worker has told us its tasks yet: decide when one has.
-            self.deferred.append((client, job_id, task, wait, data))
+            self.deferred.append((client, job_id, task, wait, data, priority))
             return
         problem = submit_problem(self.config, self.catalog, job_id, task, data)
         if problem:
@@ -115,7 +121,7 @@ class Broker:
             return
         if wait:
             self.waiters.setdefault(job_id, set()).add(client)
-        if not self.store.submit(job_id, task, data, time.time()) and wait:
+        if not self.store.submit(job_id, task, data, time.time(), priority) and wait:
             self._wait(client, job_id)  # a resent Submit: the job exists; maybe it ended
         self.replies.acks.setdefault(client, []).append(job_id)
 
@@ -208,33 +214,29 @@ class Broker:
 
     def dispatch(self, slots: list[tuple[int, bytes]], now: float,
                  send: Callable[[bytes, wire.Message], None]) -> list[int]:
-        """Hand pending jobs to serving slots with credit left, the least loaded first, and
-        none to a busy one (BUSY_AFTER); returns the slots fed. A busy slot's unstarted jobs
-        are asked back while another slot is not busy (`on_revoked` requeues them)."""
+        """Hand pending jobs to serving slots (supervisor.jobs.dispatch); the slots fed."""
         self.store.release(time.time())  # retries whose backoff is over
-        credit = self.config.workers.credit
-        free = []
-        for slot, routing_id in slots:
-            if self.held.busy_for(slot, now) < BUSY_AFTER:
-                free.append((slot, routing_id))
-        if free and len(free) < len(slots):
-            for slot, routing_id in slots:
-                if (slot, routing_id) not in free and (ids := self.held.revoke(slot)):
-                    send(routing_id, wire.Revoke(ids=ids))
-        if free:  # the credit of busy workers is lent to the free ones: as many in flight
-            credit = credit * len(slots) // len(free)
-        fed, wanted = [], 0
-        for slot, routing_id in sorted(free, key=lambda s: self.held.held(s[0])):
-            room = credit - self.held.held(slot)
-            jobs = self.store.lease(room) if room > 0 and self.store.waiting() else []
-            wanted += max(0, room - len(jobs))
-            if jobs:
-                self.held.hold(slot, jobs)
-                send(routing_id, wire.Job(ids=[j.id for j in jobs], tasks=[j.task for j in jobs],
-                                          data=[j.payload for j in jobs]))
-                fed.append(slot)
-        self.store.want(wanted)  # a shared store pulls that many for the next pass
-        return fed
+        self.cancels.send(slots, send)
+        return dispatch(self.store, self.held, self.config.workers, slots, now, send)
+
+    def cancel(self, job_ids: list[str], terminate: bool) -> list[tuple[str, int | None]]:
+        """Cancel jobs, all or none (supervisor.jobs.cancel: RequestError naming those that
+        cannot be); per job, the slot whose worker is to be stopped (it runs the job) or
+        None."""
+        plan = self.cancels.plan(self.store, self.held, self.config.queue.backend, job_ids,
+                                 terminate)
+        stop = []
+        for job_id, how in plan.items():
+            job = self.held.remove(job_id) if how != WAITING else self.store.take(job_id)
+            if job is None:
+                continue
+            if how == HELD:
+                self.cancels.ask_back(job)
+            running = how == RUNNING
+            self._finish(job, CANCELLED, error={
+                "reason": "cancelled; its worker was stopped" if running else "cancelled"})
+            stop.append((job_id, job.slot if running else None))
+        return stop
 
     def on_revoked(self, slot: int, msg: wire.Revoked) -> bool:
         """A worker gave back jobs it had not started; True if the slot holds no job now."""
@@ -292,7 +294,8 @@ class Broker:
         return {"pending": max(0, counts[PENDING] - running), "retrying": self.store.delayed(),
                 "running": running,
                 "done": counts[DONE], "failed": counts[FAILED],
-                "dead": counts[DEAD], "duplicate_runs": self.held.duplicate_runs}
+                "dead": counts[DEAD], "cancelled": counts.get(CANCELLED, 0),
+                "duplicate_runs": self.held.duplicate_runs}
 
     def close(self) -> None:
         self.store.close()

@@ -31,6 +31,21 @@ def submit_problem(config: Config, catalog: dict[str, Any], job_id: str, task: s
     return None
 
 
+# What a client is told of a priority the NATS backend cannot keep.
+NATS_PRIORITY = (f"priority: the nats backend runs jobs in the order they were submitted; "
+                 f"priorities other than {wire.DEFAULT_PRIORITY} need [queue] backend = "
+                 f"\"sqlite\"")
+
+
+def priority_problem(config: Config, priority: Any) -> str | None:
+    """Why the priority of a submit is refused (all its jobs), or None."""
+    problem = wire.priority_problem(priority)
+    if problem is None and config.queue.backend == "nats" and \
+            priority != wire.DEFAULT_PRIORITY:
+        return NATS_PRIORITY
+    return problem
+
+
 def _embed_problem(config: Config, payload: Any) -> str | None:
     """What the built-in embed task would fail on, found before it is queued."""
     try:

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from supervisor.proto.wire import DEFAULT_PRIORITY, MAX_PRIORITY
+
 
 @dataclass
 class QueuedJob:
@@ -26,6 +28,7 @@ class QueuedJob:
     runs: int = 0         # times a worker started it
     slot: int | None = None
     started: bool = False  # started by the slot that holds it now
+    priority: int = DEFAULT_PRIORITY
 
 
 @dataclass
@@ -44,6 +47,8 @@ class HeldJobs:
         self._started: dict[int, tuple[list[QueuedJob], float]] = {}
         # Per slot: the ids of the one revoke it has not answered yet.
         self.revoking: dict[int, list[str]] = {}
+        # Jobs held and not started, of each priority (so that the lowest is known at once).
+        self._unstarted = [0] * (MAX_PRIORITY + 1)
 
     def held(self, slot: int) -> int:
         return len(self._held.get(slot, ()))
@@ -67,12 +72,16 @@ class HeldJobs:
         """The jobs the slot holds, waiting behind the one it runs."""
         return [job for job in self._held.get(slot, ()) if not job.started]
 
-    def revoke(self, slot: int) -> list[str]:
-        """Ask for the slot's unstarted jobs back: their ids, unless a revoke is already
-        outstanding or there is nothing to take."""
+    def lowest_unstarted(self) -> int | None:
+        """The lowest priority of the jobs held and not started by any slot, if any."""
+        return next((p for p, n in enumerate(self._unstarted) if n), None)
+
+    def revoke(self, slot: int, below: int | None = None) -> list[str]:
+        """Ask for the slot's unstarted jobs back (of a priority below `below`, if given):
+        their ids, unless a revoke is already outstanding or there is nothing to take."""
         if slot in self.revoking:
             return []
-        ids = [job.id for job in self.unstarted(slot)]
+        ids = [job.id for job in self.unstarted(slot) if below is None or job.priority < below]
         if ids:
             self.revoking[slot] = ids
         return ids
@@ -90,7 +99,22 @@ class HeldJobs:
             jobs.remove(job)
             del self.running[job.id]
             job.slot = None
+            self._unstarted[job.priority] -= 1
         return taken
+
+    def remove(self, job_id: str) -> QueuedJob | None:
+        """Hold the job no more (it is cancelled), started or not; None if no slot holds
+        it. A result its worker sends for it later is no job of that slot's: dropped."""
+        job = self.running.pop(job_id, None)
+        if job is None or job.slot is None:
+            return None
+        self._held[job.slot].remove(job)
+        if not job.started:
+            self._unstarted[job.priority] -= 1
+        started = self._started.get(job.slot)
+        if started and job in started[0]:
+            started[0].remove(job)
+        return job
 
     def hold(self, slot: int, jobs: list[QueuedJob]) -> None:
         """`slot` is handed these jobs (leased from the store), to run in this order."""
@@ -100,6 +124,7 @@ class HeldJobs:
             job.started = False
             held.append(job)
             self.running[job.id] = job
+            self._unstarted[job.priority] += 1
 
     def start(self, slot: int, job_ids: list[str], now: float) -> list[QueuedJob]:
         """The slot's worker says it starts these jobs (of those it holds)."""
@@ -113,6 +138,7 @@ class HeldJobs:
     def _mark_started(self, job: QueuedJob) -> None:
         if not job.started:
             job.started = True
+            self._unstarted[job.priority] -= 1
             job.runs += 1
             if job.runs > 1:
                 self.duplicate_runs += 1
@@ -142,6 +168,8 @@ class HeldJobs:
         for job in jobs:
             del self.running[job.id]
             job.slot = None
+            if not job.started:
+                self._unstarted[job.priority] -= 1
             if job in running:
                 job.attempts += 1
                 if job.attempts >= self.max_attempts:

@@ -17,7 +17,8 @@ from typing import Any
 from supervisor.proto import wire
 
 PENDING, RUNNING, DONE, FAILED, DEAD = "pending", "running", "done", "failed", "dead"
-FINAL_STATES = (DONE, FAILED, DEAD)
+CANCELLED = "cancelled"
+FINAL_STATES = (DONE, FAILED, DEAD, CANCELLED)
 STATES = (PENDING, RUNNING, *FINAL_STATES)
 
 _SCHEMA = """
@@ -33,13 +34,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished  REAL,
     result    BLOB,
     error     TEXT,                        -- JSON: {type, message, traceback} or {reason}
-    not_before REAL                        -- wall clock: a retry waits until then
+    not_before REAL,                       -- wall clock: a retry waits until then
+    priority  INTEGER NOT NULL DEFAULT 5   -- 0-9: higher runs first
 );
 CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (seq) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished) WHERE finished IS NOT NULL;
 """
 # Columns added since the first schema, for a journal written by an older version.
-_ADDED_COLUMNS = {"not_before": "REAL"}
+_ADDED_COLUMNS = {"not_before": "REAL", "priority": "INTEGER NOT NULL DEFAULT 5"}
 
 
 @dataclass
@@ -55,11 +57,13 @@ class StoredJob:
     result: bytes | None
     error: dict[str, Any] | None  # while pending: the last failure of a job to be retried
     not_before: float | None = None
+    priority: int = wire.DEFAULT_PRIORITY
 
     def summary(self) -> dict[str, Any]:
         """The job as docbrainctl shows it (the result and payload as JSON values)."""
         return {
-            "id": self.id, "task": self.task, "state": self.state, "attempts": self.attempts,
+            "id": self.id, "task": self.task, "state": self.state, "priority": self.priority,
+            "attempts": self.attempts,
             "runs": self.runs, "submitted": self.submitted, "finished": self.finished,
             "error": self.error,
             "retry_at": self.not_before if self.state == PENDING else None,
@@ -79,7 +83,7 @@ class StoredJob:
 
 
 _COLUMNS = ("id, task, payload, state, attempts, runs, submitted, finished, result, error, "
-            "not_before")
+            "not_before, priority")
 
 
 def _row(row: tuple[Any, ...]) -> StoredJob:
@@ -116,12 +120,13 @@ class Journal:
         self._in_tx = False
         return True
 
-    def add(self, job_id: str, task: str, payload: bytes, now: float) -> bool:
+    def add(self, job_id: str, task: str, payload: bytes, now: float,
+            priority: int = wire.DEFAULT_PRIORITY) -> bool:
         """Record a new pending job; False if a job with this id exists already."""
         self._begin()
         cur = self.db.execute(
-            "INSERT OR IGNORE INTO jobs (id, task, payload, state, submitted) "
-            "VALUES (?, ?, ?, 'pending', ?)", (job_id, task, payload, now))
+            "INSERT OR IGNORE INTO jobs (id, task, payload, state, submitted, priority) "
+            "VALUES (?, ?, ?, 'pending', ?, ?)", (job_id, task, payload, now, priority))
         return cur.rowcount == 1
 
     def finish(self, job_id: str, state: str, attempts: int, runs: int, now: float,

@@ -25,12 +25,14 @@ from functools import partial
 from typing import Any
 
 from supervisor.conf.settings import Config
+from supervisor.jobs.cancel import NATS_CANCEL
 from supervisor.jobs.held import QueuedJob
 from supervisor.jobs.jetstream import REPLY_HEADER, Layout, encode_record, job_key, key_job
 from supervisor.jobs.natslink import Link, NatsError, NatsUnreachable, describe_servers, transient
 from supervisor.jobs.journal import DEAD, DONE, FAILED, PENDING, RUNNING, StoredJob
 from supervisor.jobs.natsfeed import Feed
-from supervisor.jobs.store import Commit
+from supervisor.jobs.store import Commit, StoreError
+from supervisor.proto.wire import DEFAULT_PRIORITY
 
 log = logging.getLogger("supervisor.jobs")
 COMMIT_TIMEOUT = 10.0  # seconds a commit waits for JetStream's acknowledgements
@@ -145,9 +147,17 @@ class NatsStore:
 
     # -- the daemon's thread: JobStore ----------------------------------------------------
 
-    def submit(self, job_id: str, task: str, payload: bytes, now: float) -> bool:
+    def submit(self, job_id: str, task: str, payload: bytes, now: float,
+               priority: int = DEFAULT_PRIORITY) -> bool:
+        # Of the default priority only: the broker refuses others first (submit_problem).
         self._submits.append((job_id, task, payload))
         return True  # a duplicate is known only at commit (`Commit.duplicates`)
+
+    def take(self, job_id: str) -> QueuedJob | None:
+        raise StoreError(NATS_CANCEL)  # the broker refuses a cancel before it comes here
+
+    def top_priority(self) -> int | None:
+        return DEFAULT_PRIORITY if self.feed.arrived else None
 
     def lease(self, count: int) -> list[QueuedJob]:
         jobs: list[QueuedJob] = []

@@ -1,7 +1,7 @@
 """The job store of one host: the journal (SQLite in state_dir) keeps every job; the jobs
-waiting to run are also kept in memory, in the order they run, so that leasing one costs no
-query. After a restart the journal's pending jobs are read back in submission order (a
-retry still in its backoff waits on, as it would have)."""
+waiting to run are also kept in memory, a queue per priority, each in the order it runs,
+so that leasing one costs no query. After a restart the journal's pending jobs are read
+back in submission order (a retry still in its backoff waits on, as it would have)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any
 from supervisor.jobs.held import QueuedJob
 from supervisor.jobs.journal import PENDING, Journal, StoredJob
 from supervisor.jobs.store import Commit
+from supervisor.proto.wire import DEFAULT_PRIORITY, MAX_PRIORITY
 
 NOTHING_FOUND = Commit()  # a journal refuses nothing, and finds resent submits at `submit`
 
@@ -26,7 +27,9 @@ class SqliteStore:
 
     def __init__(self, path: str, synchronous: str = "normal") -> None:
         self.journal = Journal(path, synchronous)
-        self._waiting: deque[QueuedJob] = deque()
+        # Per priority (the index), the jobs ready to run, in their order; and how many.
+        self._levels: list[deque[QueuedJob]] = [deque() for _ in range(MAX_PRIORITY + 1)]
+        self._waiting = 0
         # Jobs to retry later: (not before, order, job), the soonest first. Wall-clock
         # times: they are stored, and outlive the daemon.
         self._delayed: list[tuple[float, int, QueuedJob]] = []
@@ -35,30 +38,69 @@ class SqliteStore:
         self._answers: list[tuple[str, StoredJob | None]] = []
         now = time.time()
         for stored in self.journal.pending():
-            job = QueuedJob(stored.id, stored.task, stored.payload, stored.attempts, stored.runs)
+            job = QueuedJob(stored.id, stored.task, stored.payload, stored.attempts, stored.runs,
+                            priority=stored.priority)
             self._unfinished.add(job.id)
             if stored.not_before is not None and stored.not_before > now:
                 self._defer(job, stored.not_before)
             else:
-                self._waiting.append(job)
+                self._add([job])
         self._counts = self.journal.counts()
         if self._counts[PENDING]:
             log.info("journal: %d job(s) to run from before", self._counts[PENDING])
 
-    def submit(self, job_id: str, task: str, payload: bytes, now: float) -> bool:
-        if not self.journal.add(job_id, task, payload, now):
+    def submit(self, job_id: str, task: str, payload: bytes, now: float,
+               priority: int = DEFAULT_PRIORITY) -> bool:
+        if not self.journal.add(job_id, task, payload, now, priority):
             return False
-        self._waiting.append(QueuedJob(job_id, task, payload))
+        self._levels[priority].append(QueuedJob(job_id, task, payload, priority=priority))
+        self._waiting += 1
         self._unfinished.add(job_id)
         self._counts[PENDING] += 1
         return True
 
+    def top_priority(self) -> int | None:
+        if not self._waiting:
+            return None
+        return next(p for p in range(MAX_PRIORITY, -1, -1) if self._levels[p])
+
     def lease(self, count: int) -> list[QueuedJob]:
-        waiting = self._waiting
-        return [waiting.popleft() for _ in range(min(count, len(waiting)))]
+        top = self.top_priority()
+        if top is None:
+            return []
+        waiting = self._levels[top]
+        jobs = [waiting.popleft() for _ in range(min(count, len(waiting)))]
+        self._waiting -= len(jobs)
+        return jobs
 
     def requeue(self, jobs: list[QueuedJob]) -> None:
-        self._waiting.extendleft(reversed(jobs))
+        self._add(jobs, front=True)
+
+    def take(self, job_id: str) -> QueuedJob | None:
+        """Take a job that waits (ready or delayed) out of the queue, to end it otherwise
+        (a cancel); None if it does not wait here."""
+        for level in self._levels:
+            for job in level:
+                if job.id == job_id:
+                    level.remove(job)
+                    self._waiting -= 1
+                    return job
+        for index, (_due, _order, job) in enumerate(self._delayed):
+            if job.id == job_id:
+                self._delayed.pop(index)
+                heapq.heapify(self._delayed)
+                return job
+        return None
+
+    def _add(self, jobs: list[QueuedJob], front: bool = False) -> None:
+        """To the queues of their priorities, in their order: at the end, or the front."""
+        for job in reversed(jobs) if front else jobs:
+            level = self._levels[job.priority]
+            if front:
+                level.appendleft(job)
+            else:
+                level.append(job)
+        self._waiting += len(jobs)
 
     def lose(self, jobs: list[QueuedJob]) -> None:
         for job in jobs:
@@ -71,7 +113,7 @@ class SqliteStore:
         if not_before > time.time():
             self._defer(job, not_before)
         else:
-            self._waiting.appendleft(job)
+            self._add([job], front=True)
 
     def finish(self, job: QueuedJob, state: str, now: float, result: bytes | None = None,
                error: dict[str, Any] | None = None) -> None:
@@ -110,11 +152,11 @@ class SqliteStore:
         return dict(self._counts)
 
     def waiting(self) -> int:
-        return len(self._waiting)
+        return self._waiting
 
     def waiting_ids(self) -> list[str]:
         """The ids of the jobs ready to be leased, in the order they would be."""
-        return [job.id for job in self._waiting]
+        return [job.id for level in reversed(self._levels) for job in level]
 
     def delayed(self) -> int:
         return len(self._delayed)
@@ -123,11 +165,12 @@ class SqliteStore:
         return self._delayed[0][0] if self._delayed else None
 
     def release(self, now: float) -> int:
-        """Delayed jobs that are due go to the front of the queue, soonest first."""
+        """Delayed jobs that are due go to the front of their priority's queue, soonest
+        first."""
         due = []
         while self._delayed and self._delayed[0][0] <= now:
             due.append(heapq.heappop(self._delayed)[2])
-        self._waiting.extendleft(reversed(due))
+        self._add(due, front=True)
         return len(due)
 
     def purge(self, finished_before: float) -> int:

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from supervisor.jobs.held import QueuedJob
 from supervisor.jobs.journal import StoredJob
+from supervisor.proto.wire import DEFAULT_PRIORITY
 
 
 class StoreError(Exception):
@@ -49,13 +50,18 @@ class Commit:
 
 
 class JobStore(Protocol):
-    def submit(self, job_id: str, task: str, payload: bytes, now: float) -> bool:
+    def submit(self, job_id: str, task: str, payload: bytes, now: float,
+               priority: int = DEFAULT_PRIORITY) -> bool:
         """Keep a new pending job; False if a job with this id exists already (a resent
         submit is not a second job)."""
 
+    def top_priority(self) -> int | None:
+        """The highest priority of the jobs ready to be leased; None if there are none."""
+
     def lease(self, count: int) -> list[QueuedJob]:
-        """Up to `count` waiting jobs, oldest first, for one worker; they are this host's
-        until finished, requeued or lost."""
+        """Up to `count` waiting jobs of the highest priority waiting (`top_priority`),
+        oldest first, for one worker; they are this host's until finished, requeued or
+        lost."""
 
     def release(self, now: float) -> int:
         """Delayed jobs whose time has come (`now`: the wall clock) start waiting again, at
@@ -64,6 +70,11 @@ class JobStore(Protocol):
     def requeue(self, jobs: list[QueuedJob]) -> None:
         """Leased jobs that were never started (a revoke answered): back to the front of the
         queue, in order, as they were."""
+
+    def take(self, job_id: str) -> QueuedJob | None:
+        """Take a job that waits here (ready or delayed) out of the queue, to end it
+        otherwise (a cancel); None if none waits here. A shared store raises StoreError:
+        it cannot take one job out of the shared queue."""
 
     def lose(self, jobs: list[QueuedJob]) -> None:
         """Jobs a gone worker held: back to the front, in order; the runs and attempts they

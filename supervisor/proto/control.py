@@ -19,7 +19,11 @@ Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class ControlError(Exception):
-    """The daemon refused a request, or did not answer in time."""
+    """The daemon refused a request, or did not answer in time (ControlTimeout)."""
+
+
+class ControlTimeout(ControlError, TimeoutError):
+    """The daemon did not answer in time, or its answer was not one."""
 
 
 class RequestError(Exception):
@@ -85,15 +89,15 @@ def call(endpoint: str, name: str, args: dict[str, Any] | None = None,
         sock.connect(endpoint)
         sock.send_multipart(wire.encode(wire.Request(name=name, args=args or {})))
         if not sock.poll(int(timeout * 1000)):
-            raise ControlError(f"the daemon did not answer {name!r} within {timeout:g} s")
+            raise ControlTimeout(f"the daemon did not answer {name!r} within {timeout:g} s")
         try:
             reply = wire.decode(sock.recv_multipart())
         except wire.ProtocolError as exc:
-            raise ControlError(f"malformed reply from the daemon: {exc}") from None
+            raise ControlTimeout(f"malformed reply from the daemon: {exc}") from None
     finally:
         sock.close(linger=0)
     if not isinstance(reply, wire.Reply):
-        raise ControlError(f"unexpected {type(reply).__name__} from the daemon")
+        raise ControlTimeout(f"unexpected {type(reply).__name__} from the daemon")
     if not reply.ok:
         raise ControlError(reply.error or "request refused")
     return reply.result or {}

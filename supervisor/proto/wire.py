@@ -48,6 +48,8 @@ VERSION = 1
 MAX_BODY = 1 << 20   # bytes of a message's JSON body
 MAX_DATA = 64 << 20  # bytes of a data frame, unless the socket owner sets its own limit
 MAX_ITEMS = 100_000  # data frames (jobs) in one message
+# A job's priority: higher runs first, first in first out within a level.
+MIN_PRIORITY, DEFAULT_PRIORITY, MAX_PRIORITY = 0, 5, 9
 T = TypeVar("T")
 
 
@@ -103,11 +105,14 @@ class Heartbeat:
 
 @dataclass(frozen=True)
 class Job:
-    """Jobs for a worker: one data frame (the payload, JSON) per job."""
+    """Jobs for a worker: one data frame (the payload, JSON) per job. They are of one
+    priority; a worker runs them before those of a lower one that it holds, and batches
+    (tasks that take batches) only jobs that came in one message."""
     command: ClassVar[Command] = Command.JOB
     parallel: ClassVar[tuple[str, ...]] = ("ids", "tasks")
     ids: list[str]
     tasks: list[str]
+    priority: int = DEFAULT_PRIORITY
     data: list[bytes] = field(default_factory=list)
 
 
@@ -162,6 +167,7 @@ class Submit:
     ids: list[str]       # chosen by the client: a resent Submit is not a second job
     task: str
     wait: bool = False   # push each JobResult when the job ends
+    priority: int = DEFAULT_PRIORITY  # MIN_PRIORITY .. MAX_PRIORITY: higher runs first
     data: list[bytes] = field(default_factory=list)
 
 
@@ -256,6 +262,14 @@ def dumps(value: Any) -> bytes:
         if str(exc).startswith("Out of range float"):  # json's wording names no value
             raise ValueError("NaN and Infinity are not JSON values") from None
         raise
+
+
+def priority_problem(priority: Any) -> str | None:
+    """Why a job's priority is not one, if it is not."""
+    if isinstance(priority, int) and not isinstance(priority, bool) and \
+            MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        return None
+    return f"priority must be an integer {MIN_PRIORITY}-{MAX_PRIORITY}, got {priority!r}"
 
 
 def payload_limit(configured: int) -> int:

@@ -10,31 +10,13 @@ from __future__ import annotations
 import time
 
 from conftest import Instance, wait_for
+from helpers_queue import start_naps
 
 from supervisor.client import Client
 
 
-TASKS = '''\
-import time
-from workers import task
-
-
-@task("nap")
-def nap(seconds):
-    time.sleep(seconds)
-    return seconds
-'''
-
-
-def _start(instance: Instance) -> None:
-    instance.write_task_module("naps", TASKS)
-    instance.write_config('tasks = ["naps"]\n', workers=2)
-    result = instance.ctl("start")
-    assert result.returncode == 0, result.stderr
-
-
 def test_new_job_goes_to_the_idle_worker_not_behind_a_long_one(instance: Instance) -> None:
-    _start(instance)
+    start_naps(instance, 2)
     with Client(str(instance.config_path)) as client:
         long_id = client.submit("nap", 120)
         wait_for(lambda: any(w["current_job"] == long_id
@@ -54,7 +36,7 @@ def test_new_job_goes_to_the_idle_worker_not_behind_a_long_one(instance: Instanc
 def test_jobs_held_behind_a_long_job_move_to_the_idle_worker(instance: Instance) -> None:
     """One submit of 32 jobs: a worker takes the first 16 (its credit), the first of them
     a long one; the 15 behind it are taken back and run by the other worker."""
-    _start(instance)
+    start_naps(instance, 2)
     with Client(str(instance.config_path)) as client:
         ids = client.submit_many_nowait("nap", [120] + [0.01] * 31)
         results = [client.result(i, timeout=90) for i in ids[1:]]

@@ -92,7 +92,8 @@ def test_a_waiting_retry_is_shown_and_outlives_a_killed_daemon(instance: Instanc
     assert info["error"]["message"] == "queue 3"
     assert 590 < info["retry_at"] - time.time() <= 600
     table = instance.ctl("jobs").stdout.splitlines()
-    assert table[0].split() == ["ID", "TASK", "STATE", "RUNS", "LOST", "SUBMITTED", "ERROR"]
+    assert table[0].split() == ["ID", "TASK", "STATE", "PRI", "RUNS", "LOST", "SUBMITTED",
+                                "ERROR"]
     assert "retry in 9m" in table[1] and "after RuntimeError: queue 3" in table[1]
     assert "(1 waiting to retry)" in instance.ctl("status").stdout
 

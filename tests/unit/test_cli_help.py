@@ -6,15 +6,15 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from supervisor.cli import daemon, doctor, jobs, ops, service
+from supervisor.cli import daemon, doctor, jobs, ops, queue, service
 from supervisor.cli.main import cli
 
 EXPECTED = {"start", "stop", "restart", "status", "config", "reload", "scale", "cleanup",
-            "submit", "jobs", "job", "install-service", "doctor", "logs"}
+            "submit", "jobs", "job", "cancel", "install-service", "doctor", "logs"}
 
 
 def test_the_group_has_every_command_of_every_module() -> None:
-    modules = (daemon, doctor, jobs, ops, service)
+    modules = (daemon, doctor, jobs, ops, queue, service)
     added = {command.name for module in modules for command in module.COMMANDS}
     assert added == EXPECTED == set(cli.commands)
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import zmq
+from helpers_queue import make_broker, numbered
 
-from supervisor.conf.config import load_config
-from supervisor.jobs.broker import BUSY_AFTER, Broker
+from supervisor.jobs.broker import Broker
+from supervisor.jobs.dispatch import BUSY_AFTER
 from supervisor.jobs.held import HeldJobs, QueuedJob
 from supervisor.proto import wire
 from workers.channel import Mailbox, PendingJob
@@ -53,15 +53,8 @@ def test_a_dead_slot_has_no_revoke_outstanding() -> None:
     assert queue.running == {} and queue.held(1) == 0
 
 
-def _broker(tmp_path: Path, n: int, credit: int = 4) -> Broker:
-    config_path = tmp_path / "docbrain.toml"
-    config_path.write_text(f'[supervisor]\nstate_dir = "{tmp_path}"\n'
-                           f'[workers]\ncount = 2\ncredit = {credit}\n')
-    broker = Broker(load_config(str(config_path)), zmq.Context.instance(),
-                    f"ipc://{tmp_path}/q.sock", str(tmp_path / "journal.db"))
-    for i in range(n):
-        broker.store.submit(f"j{i}", "echo", b"null", 0.0)
-    return broker
+def _broker(tmp_path: Path, n: int) -> Broker:
+    return make_broker(tmp_path, numbered(n))
 
 
 def test_dispatch_feeds_idle_slots_first_and_never_a_busy_one(tmp_path: Path) -> None:

@@ -96,10 +96,11 @@ def test_jobs_and_queue_depth(metrics: Metrics) -> None:
     assert metrics.port
     # What broker.status() returns, duplicate_runs included (not a state: ignored).
     metrics.set_jobs({"pending": 7, "running": 2, "done": 40, "failed": 3, "dead": 1,
-                      "duplicate_runs": 5}, queue_depth=7)
+                      "cancelled": 4, "duplicate_runs": 5}, queue_depth=7)
     _, samples = scrape(metrics.port)
     assert {dict(k)["state"]: v for k, v in with_prefix(samples, "docbrain_jobs").items()} == {
-        "pending": 7.0, "running": 2.0, "done": 40.0, "failed": 3.0, "dead": 1.0}
+        "pending": 7.0, "running": 2.0, "done": 40.0, "failed": 3.0, "dead": 1.0,
+        "cancelled": 4.0}
     assert value(samples, "docbrain_queue_depth") == 7.0
     metrics.set_jobs({"done": 41}, queue_depth=0)
     _, samples = scrape(metrics.port)
