@@ -1,12 +1,49 @@
-"""docbrainctl's operations on jobs in the queue: cancel."""
+"""docbrainctl's operations on the jobs of the queue: cancel, retry, purge. Each is one
+control request, applied by the daemon to all the jobs it names or to none."""
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 import click
 
 from supervisor.cli.common import _config, _paths, _running, fail
+from supervisor.conf.settings import Config
 from supervisor.jobs.cancel import NATS_CANCEL
+from supervisor.jobs.upkeep import NATS_UPKEEP, PURGEABLE, RETRYABLE
 from supervisor.proto import control
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class Duration(click.ParamType):
+    """Seconds, written 90, 90s, 15m, 2h or 7d."""
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value))
+        if match is None:
+            self.fail(f"{value!r} is not a duration such as 90s, 15m, 2h or 7d", param, ctx)
+        return float(match[1]) * _UNITS[match[2] or "s"]
+
+
+def _request(config: Config, name: str, args: dict[str, Any], nats_refusal: str) -> Any:
+    """The daemon's answer; a refusal is exit 2 (nothing changed), no answer exit 1."""
+    if config.queue.backend == "nats":
+        fail(2, nats_refusal)
+    paths = _paths(config)
+    _running(paths)
+    try:
+        return control.call(paths.endpoint("control"), name, args,
+                            timeout=config.supervisor.control_timeout)
+    except control.ControlTimeout as exc:
+        fail(1, str(exc))
+    except control.ControlError as exc:
+        fail(2, str(exc))
 
 
 @click.command()
@@ -19,23 +56,64 @@ def cancel(ctx: click.Context, job_ids: tuple[str, ...], terminate: bool) -> Non
     """Cancel jobs: each ends `cancelled` (its waiters are told). A running job only with
     --terminate. All or none: if any ID is unknown, ended already, or running without
     --terminate, the line says which, nothing is cancelled, exit 2."""
-    config = _config(ctx)
-    if config.queue.backend == "nats":
-        fail(2, NATS_CANCEL)
-    paths = _paths(config)
-    _running(paths)
-    try:
-        answer = control.call(paths.endpoint("control"), "cancel",
-                              {"ids": list(job_ids), "terminate": terminate},
-                              timeout=config.supervisor.control_timeout)
-    except control.ControlTimeout as exc:
-        fail(1, str(exc))
-    except control.ControlError as exc:
-        fail(2, str(exc))
+    answer = _request(_config(ctx), "cancel", {"ids": list(job_ids), "terminate": terminate},
+                      NATS_CANCEL)
     terminated = set(answer.get("terminated", []))
     for job_id in answer.get("cancelled", []):
         click.echo(f"{job_id} cancelled" + (" (its worker was stopped)"
                                             if job_id in terminated else ""))
 
 
-COMMANDS = (cancel,)
+@click.command()
+@click.argument("job_ids", metavar="[ID...]", nargs=-1)
+@click.option("--state", type=click.Choice(RETRYABLE), default=None,
+              help="Retry every job in this state (instead of IDs).")
+@click.option("--task", default=None, help="With --state: only the jobs of this task.")
+@click.pass_context
+def retry(ctx: click.Context, job_ids: tuple[str, ...], state: str | None,
+          task: str | None) -> None:
+    """Run failed, dead or cancelled jobs again: pending, with the same id, payload and
+    priority, their attempts reset; `job ID` keeps what they came to before in its history.
+    All or none: an unknown ID or a job in another state is named, nothing changes, exit 2."""
+    if job_ids and state:
+        fail(2, "give either IDs or --state, not both")
+    if not job_ids and not state:
+        fail(2, "give the IDs of the jobs to retry, or --state")
+    if task is not None and not state:
+        fail(2, "--task needs --state")
+    answer = _request(_config(ctx), "retry", {"ids": list(job_ids), "state": state,
+                                              "task": task}, NATS_UPKEEP)
+    retried = answer.get("retried", [])
+    for job_id in retried:
+        click.echo(f"{job_id} pending again")
+    if state:
+        click.echo(f"{len(retried):,} {state} job(s) retried", err=True)
+
+
+@click.command()
+@click.option("--state", type=click.Choice(PURGEABLE), default=None,
+              help="The state of the jobs to remove (pending: those waiting, not running).")
+@click.option("--task", default=None, help="Only the jobs of this task.")
+@click.option("--older-than", "older_than", type=Duration(), default=None,
+              help="Only jobs that ended (pending: were submitted) longer ago than this: "
+                   "90s, 15m, 2h, 7d.")
+@click.option("--yes", is_flag=True, help="Remove them; without it, only count them.")
+@click.pass_context
+def purge(ctx: click.Context, state: str | None, task: str | None, older_than: float | None,
+          yes: bool) -> None:
+    """Remove jobs of a state (--state, required) from the queue and the journal, for
+    good. Without --yes it prints how many it would remove and changes nothing."""
+    if state is None:
+        fail(2, f"purge needs --state: one of {', '.join(PURGEABLE)}")
+    answer = _request(_config(ctx), "purge", {"state": state, "task": task,
+                                              "older_than": older_than, "apply": yes},
+                      NATS_UPKEEP)
+    count = int(answer.get("count", 0))
+    if yes:
+        click.echo(f"removed {count:,} {state} job(s)")
+    else:
+        click.echo(f"would remove {count:,} {state} job(s); run again with --yes to remove "
+                   "them")
+
+
+COMMANDS = (cancel, retry, purge)

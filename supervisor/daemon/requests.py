@@ -54,7 +54,8 @@ class ControlRequests:
     def handlers(self) -> dict[str, Handler]:
         return {"ping": lambda _args: {"pid": self.d.pid}, "status": self.status,
                 "stop": self.stop, "jobs": self.jobs, "job": self.job, "reload": self.reload,
-                "scale": self.scale, "cancel": self.cancel}
+                "scale": self.scale, "cancel": self.cancel, "retry": self.retry,
+                "purge": self.purge}
 
     def reload(self, _args: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -124,6 +125,37 @@ class ControlRequests:
                                   f"job {job_id} cancelled with terminate")
         return {"cancelled": [job_id for job_id, _ in stopped],
                 "terminated": [job_id for job_id, slot in stopped if slot is not None]}
+
+    def retry(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Run ended jobs again, all or none (supervisor.jobs.upkeep)."""
+        ids, state, task = args.get("ids", []), args.get("state"), args.get("task")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise RequestError(f"retry: ids must be a list of job ids, got {ids!r}")
+        for name, value in (("state", state), ("task", task)):
+            if value is not None and not isinstance(value, str):
+                raise RequestError(f"retry: {name} must be a string, got {value!r}")
+        retried = self.d.broker.retry_jobs(ids, state, task)
+        self.d.broker.store.commit()
+        return {"retried": retried}
+
+    def purge(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Forget the jobs of a state (with apply; else only count them)."""
+        state, task = args.get("state"), args.get("task")
+        older_than, apply = args.get("older_than"), args.get("apply", False)
+        if not isinstance(state, str):
+            raise RequestError(f"purge: a state is required, got {state!r}")
+        if task is not None and not isinstance(task, str):
+            raise RequestError(f"purge: task must be a string, got {task!r}")
+        if older_than is not None and (isinstance(older_than, bool) or
+                                       not isinstance(older_than, (int, float)) or
+                                       not older_than >= 0):
+            raise RequestError(f"purge: older_than must be seconds (>= 0), got {older_than!r}")
+        if not isinstance(apply, bool):
+            raise RequestError(f"purge: apply must be true or false, got {apply!r}")
+        before = None if older_than is None else time.time() - older_than
+        count = self.d.broker.purge_jobs(state, task, before, apply)
+        self.d.broker.store.commit()
+        return {"count": count, "applied": apply}
 
     def status(self, _args: dict[str, Any]) -> dict[str, Any]:
         now = time.monotonic()

@@ -22,6 +22,7 @@ from supervisor.conf.settings import Config
 from supervisor.jobs.checks import priority_problem, retry_delay, submit_problem
 from supervisor.jobs.dispatch import dispatch
 from supervisor.jobs.held import HeldJobs, QueuedJob
+from supervisor.jobs import upkeep
 from supervisor.jobs.cancel import HELD, RUNNING, WAITING, Cancels
 from supervisor.jobs.journal import (CANCELLED, DEAD, DONE, FAILED, FINAL_STATES, PENDING,
                                      StoredJob)
@@ -237,6 +238,27 @@ class Broker:
                 "reason": "cancelled; its worker was stopped" if running else "cancelled"})
             stop.append((job_id, job.slot if running else None))
         return stop
+
+    def retry_jobs(self, job_ids: list[str], state: str | None, task: str | None) -> list[str]:
+        """Run ended jobs again, all or none (supervisor.jobs.upkeep); their ids."""
+        found = upkeep.to_retry(self.store, self.held, self.config.queue.backend, job_ids,
+                                state, task)
+        for stored in found:
+            self.store.resubmit(stored)
+        return [stored.id for stored in found]
+
+    def purge_jobs(self, state: str, task: str | None, before: float | None,
+                   apply: bool) -> int:
+        """How many jobs a purge takes; with `apply`, forget them (clients that wait on a
+        pending one are told it is unknown now)."""
+        ids = upkeep.to_purge(self.store, self.held, self.config.queue.backend, state, task,
+                              before)
+        if apply and ids:
+            self.store.remove(ids)
+            for job_id in ids:
+                for client in self.waiters.pop(job_id, ()):
+                    self._tell(client, job_id, "unknown", {"reason": "purged"}, b"null")
+        return len(ids)
 
     def on_revoked(self, slot: int, msg: wire.Revoked) -> bool:
         """A worker gave back jobs it had not started; True if the slot holds no job now."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor.proto import wire
@@ -35,13 +35,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     result    BLOB,
     error     TEXT,                        -- JSON: {type, message, traceback} or {reason}
     not_before REAL,                       -- wall clock: a retry waits until then
-    priority  INTEGER NOT NULL DEFAULT 5   -- 0-9: higher runs first
+    priority  INTEGER NOT NULL DEFAULT 5,  -- 0-9: higher runs first
+    history   TEXT                         -- JSON list: the outcomes before each retry
 );
 CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (seq) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished) WHERE finished IS NOT NULL;
 """
 # Columns added since the first schema, for a journal written by an older version.
-_ADDED_COLUMNS = {"not_before": "REAL", "priority": "INTEGER NOT NULL DEFAULT 5"}
+_ADDED_COLUMNS = {"not_before": "REAL", "priority": "INTEGER NOT NULL DEFAULT 5",
+                  "history": "TEXT"}
 
 
 @dataclass
@@ -58,6 +60,9 @@ class StoredJob:
     error: dict[str, Any] | None  # while pending: the last failure of a job to be retried
     not_before: float | None = None
     priority: int = wire.DEFAULT_PRIORITY
+    # What the job came to before each `docbrainctl retry`: state, attempts, runs,
+    # finished, error.
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """The job as docbrainctl shows it (the result and payload as JSON values)."""
@@ -73,6 +78,7 @@ class StoredJob:
         """The summary and its result, decoded; ValueError for a result that is not strict
         JSON (only an older version let a worker store NaN)."""
         info = self.summary()
+        info["history"] = self.history
         if self.result is not None:
             try:
                 info["result"] = wire.loads(self.result)
@@ -83,12 +89,13 @@ class StoredJob:
 
 
 _COLUMNS = ("id, task, payload, state, attempts, runs, submitted, finished, result, error, "
-            "not_before, priority")
+            "not_before, priority, history")
 
 
 def _row(row: tuple[Any, ...]) -> StoredJob:
     values = list(row)
     values[9] = json.loads(values[9]) if values[9] else None
+    values[12] = json.loads(values[12]) if values[12] else []
     return StoredJob(*values)
 
 
@@ -151,6 +158,38 @@ class Journal:
                         "WHERE id = ?",
                         (attempts, runs, not_before, json.dumps(error) if error else None,
                          job_id))
+
+    def resubmit(self, job: StoredJob) -> None:
+        """An ended job runs again (`docbrainctl retry`): pending, at the end of the queue,
+        with its attempts reset, its outcome added to its history."""
+        history = [*job.history, {"state": job.state, "attempts": job.attempts,
+                                  "runs": job.runs, "finished": job.finished,
+                                  "error": job.error}]
+        self._begin()
+        self.db.execute(
+            "UPDATE jobs SET seq = (SELECT MAX(seq) + 1 FROM jobs), state = 'pending', "
+            "attempts = 0, runs = 0, finished = NULL, result = NULL, error = NULL, "
+            "not_before = NULL, history = ? WHERE id = ?", (json.dumps(history), job.id))
+
+    def select(self, state: str, task: str | None, before: float | None) -> list[str]:
+        """The ids of the jobs in `state` (of `task`, and ended -- or, pending, submitted --
+        before `before`, if given), oldest first."""
+        where: list[str] = ["state = ?"]
+        args: list[Any] = [state]
+        if task is not None:
+            where.append("task = ?")
+            args.append(task)
+        if before is not None:
+            where.append("COALESCE(finished, submitted) < ?")
+            args.append(before)
+        cur = self.db.execute(f"SELECT id FROM jobs WHERE {' AND '.join(where)} ORDER BY seq",
+                              args)
+        return [row[0] for row in cur]
+
+    def delete(self, job_ids: list[str]) -> None:
+        """Forget these jobs (`docbrainctl purge`)."""
+        self._begin()
+        self.db.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in job_ids])
 
     def pending(self) -> Iterable[StoredJob]:
         """Every job not finished, oldest first: what a (re)started daemon must run."""

@@ -32,6 +32,7 @@ from supervisor.jobs.natslink import Link, NatsError, NatsUnreachable, describe_
 from supervisor.jobs.journal import DEAD, DONE, FAILED, PENDING, RUNNING, StoredJob
 from supervisor.jobs.natsfeed import Feed
 from supervisor.jobs.store import Commit, StoreError
+from supervisor.jobs.upkeep import NATS_UPKEEP
 from supervisor.proto.wire import DEFAULT_PRIORITY
 
 log = logging.getLogger("supervisor.jobs")
@@ -91,7 +92,24 @@ async def _write(op: Write, feed: Feed) -> None:
             delay *= 2
 
 
-class NatsStore:
+class _NotShared:
+    """What a JobStore does that the shared queue cannot do yet: refused (the broker
+    refuses these requests first, with the same line)."""
+
+    def take(self, job_id: str) -> QueuedJob | None:
+        raise StoreError(NATS_CANCEL)
+
+    def resubmit(self, stored: StoredJob) -> None:
+        raise StoreError(NATS_UPKEEP)
+
+    def select(self, state: str, task: str | None, before: float | None) -> list[str]:
+        raise StoreError(NATS_UPKEEP)
+
+    def remove(self, job_ids: list[str]) -> None:
+        raise StoreError(NATS_UPKEEP)
+
+
+class NatsStore(_NotShared):
     """A `JobStore` (supervisor.jobs.store) on NATS JetStream."""
 
     def __init__(self, config: Config) -> None:
@@ -152,9 +170,6 @@ class NatsStore:
         # Of the default priority only: the broker refuses others first (submit_problem).
         self._submits.append((job_id, task, payload))
         return True  # a duplicate is known only at commit (`Commit.duplicates`)
-
-    def take(self, job_id: str) -> QueuedJob | None:
-        raise StoreError(NATS_CANCEL)  # the broker refuses a cancel before it comes here
 
     def top_priority(self) -> int | None:
         return DEFAULT_PRIORITY if self.feed.arrived else None

@@ -92,6 +92,30 @@ class SqliteStore:
                 return job
         return None
 
+    def resubmit(self, stored: StoredJob) -> None:
+        self.journal.resubmit(stored)
+        self._add([QueuedJob(stored.id, stored.task, stored.payload, priority=stored.priority)])
+        self._unfinished.add(stored.id)
+        self._counts[stored.state] -= 1
+        self._counts[PENDING] += 1
+
+    def select(self, state: str, task: str | None, before: float | None) -> list[str]:
+        return self.journal.select(state, task, before)
+
+    def remove(self, job_ids: list[str]) -> None:
+        gone = self._unfinished.intersection(job_ids)
+        if gone:  # pending ones: out of the queue, in one pass over it
+            for level in self._levels:
+                kept = [job for job in level if job.id not in gone]
+                level.clear()
+                level.extend(kept)
+            self._waiting = sum(len(level) for level in self._levels)
+            self._delayed = [item for item in self._delayed if item[2].id not in gone]
+            heapq.heapify(self._delayed)
+            self._unfinished -= gone
+        self.journal.delete(job_ids)
+        self._counts = self.journal.counts()
+
     def _add(self, jobs: list[QueuedJob], front: bool = False) -> None:
         """To the queues of their priorities, in their order: at the end, or the front."""
         for job in reversed(jobs) if front else jobs:

@@ -76,6 +76,19 @@ class JobStore(Protocol):
         otherwise (a cancel); None if none waits here. A shared store raises StoreError:
         it cannot take one job out of the shared queue."""
 
+    def resubmit(self, stored: StoredJob) -> None:
+        """An ended job runs again (`docbrainctl retry`): the same id, payload and priority,
+        pending at the end of its priority's queue, its attempts reset and its outcome kept
+        in its history. A shared store raises StoreError (not yet)."""
+
+    def select(self, state: str, task: str | None, before: float | None) -> list[str]:
+        """The ids of the jobs in `state` (of `task`; ended, or if pending submitted, before
+        `before` (wall clock)), oldest first. A shared store raises StoreError (not yet)."""
+
+    def remove(self, job_ids: list[str]) -> None:
+        """Forget these jobs, ended or waiting here (`docbrainctl purge`). A shared store
+        raises StoreError (not yet)."""
+
     def lose(self, jobs: list[QueuedJob]) -> None:
         """Jobs a gone worker held: back to the front, in order; the runs and attempts they
         lost (already counted on each job) are kept."""

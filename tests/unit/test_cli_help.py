@@ -10,7 +10,8 @@ from supervisor.cli import daemon, doctor, jobs, ops, queue, service
 from supervisor.cli.main import cli
 
 EXPECTED = {"start", "stop", "restart", "status", "config", "reload", "scale", "cleanup",
-            "submit", "jobs", "job", "cancel", "install-service", "doctor", "logs"}
+            "submit", "jobs", "job", "cancel", "retry", "purge", "install-service", "doctor",
+            "logs"}
 
 
 def test_the_group_has_every_command_of_every_module() -> None:
