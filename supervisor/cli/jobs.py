@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from types import FrameType
 from typing import IO, Any
 
@@ -19,7 +20,7 @@ from supervisor.client import (Client, DaemonNotRunning, JobCancelled, JobDead, 
                                JobFailed, JobRejected, QueueUnreachable, SharedClient,
                                encode_payload)
 from supervisor.conf.settings import Config
-from supervisor.jobs.checks import NATS_PRIORITY
+from supervisor.jobs.checks import NATS_DELAY, NATS_PRIORITY
 from supervisor.jobs.journal import STATES, Journal, StoredJob
 from supervisor.jobs.store import StoreError
 from supervisor.proto import wire
@@ -88,6 +89,11 @@ def _client(config: Config) -> Client:
               help="Higher runs first (first in, first out within a priority). Below the "
                    "default: bulk work, handed out in small batches so that a higher job "
                    "waits little.")
+@click.option("--delay", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Do not start the job before this many seconds from now.")
+@click.option("--eta", default=None, metavar="TIME",
+              help="Do not start the job before this time: ISO 8601, such as "
+                   "2026-12-24T18:00 (local time) or 2026-12-24T17:00Z.")
 @click.option("--progress/--no-progress", "show_progress", default=None,
               help="With --input, on stderr: by default a bar on a terminal, else a line "
                    f"every {progress.INTERVAL:g} s (${progress.INTERVAL_ENV}); "
@@ -96,7 +102,8 @@ def _client(config: Config) -> Client:
 @click.pass_context
 def submit(ctx: click.Context, task: str, payload_json: str | None, wait: bool,
            input_path: str | None, output_path: str | None, id_field: str | None,
-           timeout: float | None, show_progress: bool | None, priority: int) -> None:
+           timeout: float | None, show_progress: bool | None, priority: int,
+           delay: float | None, eta: str | None) -> None:
     """Submit a job of TASK with PAYLOAD_JSON (default null); print its id.
 
     With --input, one job per line. Ctrl-C stops waiting: the output keeps the lines of
@@ -112,6 +119,11 @@ def submit(ctx: click.Context, task: str, payload_json: str | None, wait: bool,
     config = _config(ctx)
     if config.queue.backend == "nats" and priority != wire.DEFAULT_PRIORITY:
         fail(2, NATS_PRIORITY)
+    not_before = _start_time(delay, eta)
+    if not_before is not None and config.queue.backend == "nats":
+        fail(2, NATS_DELAY)
+    if not_before is not None and input_path:
+        fail(2, "--delay and --eta are for one job: not with --input")
     if input_path:
         jobs = _read_jsonl(input_path, wire.payload_limit(config.queue.max_payload_bytes),
                            id_field)
@@ -139,7 +151,7 @@ def submit(ctx: click.Context, task: str, payload_json: str | None, wait: bool,
     payload = None if payload_json is None else _parse_json(payload_json, "PAYLOAD_JSON")
     with _client(config) as client:
         try:
-            job_id = client.submit(task, payload, priority=priority)
+            job_id = client.submit(task, payload, priority=priority, eta=not_before)
             if not wait:
                 click.echo(job_id)
                 return
@@ -150,6 +162,21 @@ def submit(ctx: click.Context, task: str, payload_json: str | None, wait: bool,
             fail(2, f"rejected: {exc}")
         except (JobFailed, JobDead, JobCancelled) as exc:
             fail(1, str(exc))
+
+
+def _start_time(delay: float | None, eta: str | None) -> float | None:
+    """When the jobs may start (wall clock), from --delay or --eta; None: now."""
+    if delay is not None and eta is not None:
+        fail(2, "give either --delay or --eta, not both")
+    if eta is None:
+        return time.time() + delay if delay else None
+    try:
+        when = datetime.fromisoformat(eta.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        fail(2, f"--eta: {eta!r} is not an ISO 8601 time, such as 2026-12-24T18:00")
+    if when <= time.time():
+        click.echo(f"docbrainctl: --eta {eta} is in the past: the job runs now", err=True)
+    return when
 
 
 def _submit_many(client: Client, task: str, jobs: list[tuple[Any, Any]],

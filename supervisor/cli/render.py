@@ -67,8 +67,11 @@ def status(data: dict[str, Any]) -> str:
         shown = [f"{queue[k]:,} {k}" for k in ("pending", "running", "done", "failed", "dead")]
         if queue.get("cancelled"):
             shown.append(f"{queue['cancelled']:,} cancelled")
-        if queue.get("retrying"):
-            shown[0] += f" ({queue['retrying']:,} waiting to retry)"
+        waits = [f"{queue[k]:,} {what}" for k, what in (("retrying", "waiting to retry"),
+                                                          ("scheduled", "scheduled"))
+                 if queue.get(k)]
+        if waits:
+            shown[0] += f" ({', '.join(waits)})"
         lines.append("queue: " + ", ".join(shown))
     store = data.get("store") or {}
     if store.get("backend") == "nats":

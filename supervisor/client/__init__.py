@@ -3,6 +3,7 @@ daemon of this machine; with `[queue] backend = "nats"` and no daemon here, it t
 the shared queue directly (supervisor.client.shared)."""
 
 from supervisor.client import local
+from supervisor.client.aio import AsyncClient
 from supervisor.client.errors import (CancelRefused, DaemonNotRunning, JobCancelled, JobDead,
                                       JobError, JobFailed, JobRejected, NotAcknowledged,
                                       PayloadError, QueueRefused, QueueUnreachable, UnknownJob,
@@ -12,7 +13,7 @@ from supervisor.client.shared import SharedClient
 
 local.SHARED = SharedClient  # what Client(config) is when the queue is NATS's, no daemon here
 
-__all__ = ["CancelRefused", "Client", "DaemonNotRunning", "JobCancelled", "JobDead",
+__all__ = ["AsyncClient", "CancelRefused", "Client", "DaemonNotRunning", "JobCancelled", "JobDead",
            "JobError", "JobFailed", "JobRejected",
            "NotAcknowledged", "PayloadError", "QueueRefused", "QueueUnreachable", "SharedClient",
            "UnknownJob", "encode_payload"]

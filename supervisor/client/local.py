@@ -24,16 +24,18 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import zmq
 
-from supervisor.client.errors import (CancelRefused, DaemonNotRunning, JobError, JobRejected,
-                                      NotAcknowledged, PayloadError, encode_payload, outcome,
-                                      rejection)
+from supervisor.client.checks import check_priority, new_jobs, start_time
+from supervisor.client.errors import (DaemonNotRunning, JobError, JobRejected, NotAcknowledged,
+                                      PayloadError, encode_payload, outcome, rejection)
+from supervisor.client.operations import Operations
 from supervisor.conf.config import load_config
 from supervisor.conf.settings import Config
-from supervisor.proto import control, wire
+from supervisor.proto import wire
 from supervisor.proto.paths import StatePaths
 from supervisor.proto.pidfile import running_pid
 
@@ -43,13 +45,6 @@ RESEND_AFTER = 2.0   # seconds without an answer before a request is sent again
 ACK_TIMEOUT = 60.0
 SUBMIT_CHUNK = 256   # jobs in one Submit message at most
 STOP_POLL = 0.1      # seconds between calls of map_with_ids' stop() while it waits
-
-
-def check_priority(priority: Any) -> None:
-    """ValueError, naming the problem, for what is not a priority (0-9)."""
-    problem = wire.priority_problem(priority)
-    if problem:
-        raise ValueError(problem)
 
 
 class _Stopped(Exception):
@@ -64,6 +59,7 @@ class _Sent:
     first: float  # when first sent: its answer is due ack_timeout later
     last: float   # when last sent
     priority: int = wire.DEFAULT_PRIORITY
+    not_before: float | None = None
     sends: int = 1
 
 
@@ -72,7 +68,7 @@ class _Sent:
 SHARED: type[Client] | None = None
 
 
-class Client:
+class Client(Operations):
     def __new__(cls, config: Config | str | None = None, **_kwargs: Any) -> Client:
         if cls is Client and SHARED is not None:
             loaded = config if isinstance(config, Config) else load_config(config)
@@ -116,12 +112,15 @@ class Client:
     # -- the API -------------------------------------------------------------------------
 
     def submit(self, task: str, payload: Any = None, timeout: float | None = None, *,
-               priority: int = wire.DEFAULT_PRIORITY) -> str:
+               priority: int = wire.DEFAULT_PRIORITY, delay: float | None = None,
+               eta: datetime | float | None = None) -> str:
         """Submit one job; returns its id once the daemon has committed it. `priority`:
-        0-9, higher runs first (ValueError else). Raises PayloadError (nothing sent),
-        JobRejected, or NotAcknowledged after `timeout` seconds (default: ack_timeout)
-        without an answer."""
-        job_id = self.submit_nowait(task, payload, priority=priority)
+        0-9, higher runs first; `delay` (seconds) or `eta` (a datetime, or seconds since
+        the epoch): not started before then (ValueError for a bad one). Raises PayloadError
+        (nothing sent), JobRejected, or NotAcknowledged after `timeout` seconds (default:
+        ack_timeout) without an answer."""
+        job_id = self.submit_many_nowait(task, [payload], priority=priority, delay=delay,
+                                         eta=eta)[0]
         limit = self.ack_timeout if timeout is None else timeout
         try:
             self._wait_for(lambda: job_id in self._acks, limit, "")
@@ -136,20 +135,15 @@ class Client:
         return self.submit_many_nowait(task, [payload], priority=priority)[0]
 
     def submit_many_nowait(self, task: str, payloads: list[Any], *,
-                           priority: int = wire.DEFAULT_PRIORITY) -> list[str]:
+                           priority: int = wire.DEFAULT_PRIORITY, delay: float | None = None,
+                           eta: datetime | float | None = None) -> list[str]:
         """Send jobs of one task, without waiting for their acknowledgement. Every payload
         is checked first: PayloadError or TypeError, and nothing is sent."""
         check_priority(priority)
-        ids = [uuid.uuid4().hex for _ in payloads]
-        data = []
-        for index, (job_id, payload) in enumerate(zip(ids, payloads)):
-            try:
-                data.append(encode_payload(payload, self.payload_limit))
-            except ValueError as exc:
-                where = f"payloads[{index}]: " if len(payloads) > 1 else ""
-                raise PayloadError(job_id, f"{where}{exc}") from None
-        self._send_submit(task, list(zip(ids, data)), priority)
-        return ids
+        not_before = start_time(delay, eta)
+        jobs = new_jobs(payloads, self.payload_limit)
+        self._send_submit(task, jobs, priority, not_before)
+        return [job_id for job_id, _ in jobs]
 
     def result(self, job_id: str, timeout: float | None = None) -> Any:
         """The job's return value; raises JobFailed, JobDead, TimeoutError after `timeout`
@@ -214,20 +208,6 @@ class Client:
                 value = exc
             yield head, value
 
-    def cancel(self, job_ids: str | list[str], terminate: bool = False) -> list[str]:
-        """Cancel jobs, all or none (README: Cancel); a running one only with `terminate`.
-        The ids cancelled; CancelRefused naming each that cannot be (nothing changes), or
-        TimeoutError: no answer. Their waiters get JobCancelled."""
-        ids = [job_ids] if isinstance(job_ids, str) else list(job_ids)
-        try:
-            answer = control.call(self._paths.endpoint("control"), "cancel", {
-                "ids": ids, "terminate": terminate}, self.config.supervisor.control_timeout)
-        except control.ControlTimeout:
-            raise
-        except control.ControlError as exc:
-            raise CancelRefused(str(exc)) from None
-        return list(answer.get("cancelled", []))
-
     def settle(self, timeout: float) -> int:
         """After a map stopped early: wait up to `timeout` seconds for answers to the
         submits sent (resent if need be; nothing new); how many are still unanswered."""
@@ -251,10 +231,12 @@ class Client:
         self._send_submit(task, jobs, priority)
         return ids
 
-    def _send_submit(self, task: str, jobs: list[tuple[str, bytes]], priority: int) -> None:
+    def _send_submit(self, task: str, jobs: list[tuple[str, bytes]], priority: int,
+                     not_before: float | None = None) -> None:
         def build(part: list[tuple[str, bytes]]) -> wire.Submit:
             return wire.Submit(ids=[j for j, _ in part], task=task, wait=True,
-                               priority=priority, data=[d for _, d in part])
+                               priority=priority, not_before=not_before,
+                               data=[d for _, d in part])
         # Several messages where one body would be over MAX_BODY (a big resend).
         for frames in wire.encode_many(build, jobs):
             self.sock.send_multipart(frames)
@@ -262,7 +244,7 @@ class Client:
         for job_id, item in jobs:
             sent = self._unacked.get(job_id)
             if sent is None:
-                self._unacked[job_id] = _Sent(task, item, now, now, priority)
+                self._unacked[job_id] = _Sent(task, item, now, now, priority, not_before)
             else:
                 sent.last, sent.sends = now, sent.sends + 1
 
@@ -331,12 +313,13 @@ class Client:
         message; ask again. Waits only after a silence: results may just be slow."""
         now = time.monotonic()
         self._next_resend = now + RESEND_AFTER
-        by_kind: dict[tuple[str, int], list[tuple[str, bytes]]] = {}
+        by_kind: dict[tuple[str, int, float | None], list[tuple[str, bytes]]] = {}
         for job_id, sent in self._unacked.items():
             if now - sent.last >= RESEND_AFTER:
-                by_kind.setdefault((sent.task, sent.priority), []).append((job_id, sent.data))
-        for (task, priority), jobs in by_kind.items():
-            self._send_submit(task, jobs, priority)
+                kind = (sent.task, sent.priority, sent.not_before)
+                by_kind.setdefault(kind, []).append((job_id, sent.data))
+        for (task, priority, not_before), jobs in by_kind.items():
+            self._send_submit(task, jobs, priority, not_before)
         if not waits:
             return
         stale = [job_id for job_id, asked in self._waiting.items() if now - asked >= RESEND_AFTER]

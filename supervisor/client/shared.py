@@ -17,16 +17,17 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from typing import Any
 
 from supervisor.client.errors import (CancelRefused, JobError, NotAcknowledged, PayloadError,
                                       QueueRefused, QueueUnreachable, encode_payload, outcome)
-from supervisor.client.local import (ACK_TIMEOUT, RESEND_AFTER, SUBMIT_CHUNK, Client,
-                                     check_priority)
+from supervisor.client.checks import check_priority, new_jobs, start_time
+from supervisor.client.local import ACK_TIMEOUT, RESEND_AFTER, SUBMIT_CHUNK, Client
 from supervisor.conf.config import load_config
 from supervisor.conf.settings import Config
 from supervisor.jobs.cancel import NATS_CANCEL
-from supervisor.jobs.checks import NATS_PRIORITY
+from supervisor.jobs.checks import NATS_DELAY, NATS_PRIORITY
 from supervisor.jobs.jetstream import Layout, decode_record, job_key, key_job
 from supervisor.jobs.journal import StoredJob
 from supervisor.jobs.natslink import Link, describe_servers, transient
@@ -108,9 +109,10 @@ class SharedClient(Client):
     # -- the API (as Client's) -----------------------------------------------------------
 
     def submit(self, task: str, payload: Any = None, timeout: float | None = None, *,
-               priority: int = wire.DEFAULT_PRIORITY) -> str:
+               priority: int = wire.DEFAULT_PRIORITY, delay: float | None = None,
+               eta: datetime | float | None = None) -> str:
         """Submit one job; returns its id once JetStream has stored it."""
-        _check_priority(priority)
+        _check_priority(priority, delay, eta)
         job_id = uuid.uuid4().hex
         try:
             data = encode_payload(payload, self.payload_limit)
@@ -122,16 +124,10 @@ class SharedClient(Client):
         return job_id
 
     def submit_many_nowait(self, task: str, payloads: list[Any], *,
-                           priority: int = wire.DEFAULT_PRIORITY) -> list[str]:
-        _check_priority(priority)
-        jobs = []
-        for index, payload in enumerate(payloads):
-            job_id = uuid.uuid4().hex
-            try:
-                jobs.append((job_id, encode_payload(payload, self.payload_limit)))
-            except ValueError as exc:
-                where = f"payloads[{index}]: " if len(payloads) > 1 else ""
-                raise PayloadError(job_id, f"{where}{exc}") from None
+                           priority: int = wire.DEFAULT_PRIORITY, delay: float | None = None,
+                           eta: datetime | float | None = None) -> list[str]:
+        _check_priority(priority, delay, eta)
+        jobs = new_jobs(payloads, self.payload_limit)
         for problem in self._publish(task, jobs, None):
             if problem is not None:
                 raise problem
@@ -310,11 +306,14 @@ class SharedClient(Client):
         self._ends.pop(key, None)
 
 
-def _check_priority(priority: Any) -> None:
-    """ValueError for what is not a priority, and for one NATS cannot keep."""
+def _check_priority(priority: Any, delay: Any = None, eta: Any = None) -> None:
+    """ValueError for what is not a priority or a start time, and for what NATS cannot
+    keep: another priority than the default, a delay."""
     check_priority(priority)
     if priority != wire.DEFAULT_PRIORITY:
         raise ValueError(NATS_PRIORITY)
+    if start_time(delay, eta) is not None:
+        raise ValueError(NATS_DELAY)
 
 
 def _outcome(job_id: str, value: bytes | None) -> Any:

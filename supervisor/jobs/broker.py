@@ -69,7 +69,7 @@ class Broker:
         self.store = open_store(config, journal_path)
         self.held = HeldJobs(q.max_attempts)
         self.catalog: dict[str, dict[str, Any]] = {}
-        self.deferred: list[tuple[bytes, str, str, bool, bytes, int]] = []
+        self.deferred: list[tuple[bytes, str, str, bool, bytes, int, float | None]] = []
         self.waiters: dict[str, set[bytes]] = {}
         self.replies = Replies()  # what to tell clients after this pass's commit
         # Passes whose commit a shared store has not settled yet, with what to tell then;
@@ -96,14 +96,14 @@ class Broker:
                 continue
             client = frames[0]
             if isinstance(message, wire.Submit):
-                refused = priority_problem(self.config, message.priority)
+                refused = priority_problem(self.config, message.priority, message.not_before)
                 for job_id, data in zip(message.ids, message.data):
                     if refused:
                         self.replies.rejected.append(
                             (client, wire.Rejected(id=job_id, error=refused)))
                     else:
                         self._submit(client, job_id, message.task, message.wait, data,
-                                     message.priority)
+                                     message.priority, message.not_before)
             elif isinstance(message, wire.Wait):
                 for job_id in message.ids:
                     self._wait(client, job_id)
@@ -111,10 +111,10 @@ class Broker:
                 self.dropped += 1
 
     def _submit(self, client: bytes, job_id: str, task: str, wait: bool, data: bytes,
-                priority: int) -> None:
+                priority: int, not_before: float | None) -> None:
         if not self.catalog:
             # No worker has told us its tasks yet: decide when one has.
-            self.deferred.append((client, job_id, task, wait, data, priority))
+            self.deferred.append((client, job_id, task, wait, data, priority, not_before))
             return
         problem = submit_problem(self.config, self.catalog, job_id, task, data)
         if problem:
@@ -122,7 +122,7 @@ class Broker:
             return
         if wait:
             self.waiters.setdefault(job_id, set()).add(client)
-        if not self.store.submit(job_id, task, data, time.time(), priority) and wait:
+        if not self.store.submit(job_id, task, data, time.time(), priority, not_before) and wait:
             self._wait(client, job_id)  # a resent Submit: the job exists; maybe it ended
         self.replies.acks.setdefault(client, []).append(job_id)
 
@@ -221,9 +221,8 @@ class Broker:
         return dispatch(self.store, self.held, self.config.workers, slots, now, send)
 
     def cancel(self, job_ids: list[str], terminate: bool) -> list[tuple[str, int | None]]:
-        """Cancel jobs, all or none (supervisor.jobs.cancel: RequestError naming those that
-        cannot be); per job, the slot whose worker is to be stopped (it runs the job) or
-        None."""
+        """Cancel jobs, all or none (supervisor.jobs.cancel); per job, the slot whose
+        worker is to be stopped (it runs the job) or None."""
         plan = self.cancels.plan(self.store, self.held, self.config.queue.backend, job_ids,
                                  terminate)
         stop = []
@@ -241,11 +240,8 @@ class Broker:
 
     def retry_jobs(self, job_ids: list[str], state: str | None, task: str | None) -> list[str]:
         """Run ended jobs again, all or none (supervisor.jobs.upkeep); their ids."""
-        found = upkeep.to_retry(self.store, self.held, self.config.queue.backend, job_ids,
-                                state, task)
-        for stored in found:
-            self.store.resubmit(stored)
-        return [stored.id for stored in found]
+        return upkeep.retry(self.store, self.held, self.config.queue.backend, job_ids, state,
+                            task)
 
     def purge_jobs(self, state: str, task: str | None, before: float | None,
                    apply: bool) -> int:
@@ -313,7 +309,9 @@ class Broker:
 
     def status(self) -> dict[str, int]:
         running, counts = len(self.held.running), self.store.counts()
-        return {"pending": max(0, counts[PENDING] - running), "retrying": self.store.delayed(),
+        delayed, scheduled = self.store.delayed(), self.store.scheduled()
+        return {"pending": max(0, counts[PENDING] - running), "retrying": delayed - scheduled,
+                "scheduled": scheduled,
                 "running": running,
                 "done": counts[DONE], "failed": counts[FAILED],
                 "dead": counts[DEAD], "cancelled": counts.get(CANCELLED, 0),

@@ -4,6 +4,7 @@ tasks the workers declared (the catalog)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from supervisor.conf.settings import Config, QueueSettings
@@ -37,12 +38,21 @@ NATS_PRIORITY = (f"priority: the nats backend runs jobs in the order they were s
                  f"\"sqlite\"")
 
 
-def priority_problem(config: Config, priority: Any) -> str | None:
-    """Why the priority of a submit is refused (all its jobs), or None."""
+NATS_DELAY = ("delay: the nats backend starts jobs as they come; a delay or an eta needs "
+              "[queue] backend = \"sqlite\"")
+
+
+def priority_problem(config: Config, priority: Any, not_before: Any = None) -> str | None:
+    """Why the priority or the start time of a submit is refused (all its jobs), or None."""
     problem = wire.priority_problem(priority)
     if problem is None and config.queue.backend == "nats" and \
             priority != wire.DEFAULT_PRIORITY:
         return NATS_PRIORITY
+    if problem is None and not_before is not None:
+        if not math.isfinite(not_before):
+            return f"not_before must be a finite time, got {not_before!r}"
+        if config.queue.backend == "nats":
+            return NATS_DELAY
     return problem
 
 

@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished  REAL,
     result    BLOB,
     error     TEXT,                        -- JSON: {type, message, traceback} or {reason}
-    not_before REAL,                       -- wall clock: a retry waits until then
+    not_before REAL,                       -- wall clock: a retry (or a delayed job) waits
     priority  INTEGER NOT NULL DEFAULT 5,  -- 0-9: higher runs first
     history   TEXT                         -- JSON list: the outcomes before each retry
 );
@@ -71,7 +71,9 @@ class StoredJob:
             "attempts": self.attempts,
             "runs": self.runs, "submitted": self.submitted, "finished": self.finished,
             "error": self.error,
-            "retry_at": self.not_before if self.state == PENDING else None,
+            "retry_at": self.not_before if self.state == PENDING and self.runs else None,
+            "scheduled_at": self.not_before if self.state == PENDING and not self.runs
+            else None,
         }
 
     def info(self) -> dict[str, Any]:
@@ -128,12 +130,13 @@ class Journal:
         return True
 
     def add(self, job_id: str, task: str, payload: bytes, now: float,
-            priority: int = wire.DEFAULT_PRIORITY) -> bool:
+            priority: int = wire.DEFAULT_PRIORITY, not_before: float | None = None) -> bool:
         """Record a new pending job; False if a job with this id exists already."""
         self._begin()
         cur = self.db.execute(
-            "INSERT OR IGNORE INTO jobs (id, task, payload, state, submitted, priority) "
-            "VALUES (?, ?, ?, 'pending', ?, ?)", (job_id, task, payload, now, priority))
+            "INSERT OR IGNORE INTO jobs (id, task, payload, state, submitted, priority, "
+            "not_before) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+            (job_id, task, payload, now, priority, not_before))
         return cur.rowcount == 1
 
     def finish(self, job_id: str, state: str, attempts: int, runs: int, now: float,

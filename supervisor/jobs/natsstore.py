@@ -166,8 +166,8 @@ class NatsStore(_NotShared):
     # -- the daemon's thread: JobStore ----------------------------------------------------
 
     def submit(self, job_id: str, task: str, payload: bytes, now: float,
-               priority: int = DEFAULT_PRIORITY) -> bool:
-        # Of the default priority only: the broker refuses others first (submit_problem).
+               priority: int = DEFAULT_PRIORITY, not_before: float | None = None) -> bool:
+        # Of the default priority, with no delay: the broker refuses others first.
         self._submits.append((job_id, task, payload))
         return True  # a duplicate is known only at commit (`Commit.duplicates`)
 
@@ -337,6 +337,9 @@ class NatsStore(_NotShared):
 
     def waiting(self) -> int:
         return len(self.feed.arrived)
+
+    def scheduled(self) -> int:
+        return 0  # a delayed submit is refused on this backend
 
     def delayed(self) -> int:
         return len(self._delayed)

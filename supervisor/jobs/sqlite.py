@@ -50,11 +50,15 @@ class SqliteStore:
             log.info("journal: %d job(s) to run from before", self._counts[PENDING])
 
     def submit(self, job_id: str, task: str, payload: bytes, now: float,
-               priority: int = DEFAULT_PRIORITY) -> bool:
-        if not self.journal.add(job_id, task, payload, now, priority):
+               priority: int = DEFAULT_PRIORITY, not_before: float | None = None) -> bool:
+        if not self.journal.add(job_id, task, payload, now, priority, not_before):
             return False
-        self._levels[priority].append(QueuedJob(job_id, task, payload, priority=priority))
-        self._waiting += 1
+        job = QueuedJob(job_id, task, payload, priority=priority)
+        if not_before is not None and not_before > now:
+            self._defer(job, not_before)
+        else:
+            self._levels[priority].append(job)
+            self._waiting += 1
         self._unfinished.add(job_id)
         self._counts[PENDING] += 1
         return True
@@ -184,6 +188,9 @@ class SqliteStore:
 
     def delayed(self) -> int:
         return len(self._delayed)
+
+    def scheduled(self) -> int:
+        return sum(1 for _due, _order, job in self._delayed if not job.runs)
 
     def next_due(self) -> float | None:
         return self._delayed[0][0] if self._delayed else None

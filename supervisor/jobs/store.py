@@ -51,9 +51,10 @@ class Commit:
 
 class JobStore(Protocol):
     def submit(self, job_id: str, task: str, payload: bytes, now: float,
-               priority: int = DEFAULT_PRIORITY) -> bool:
-        """Keep a new pending job; False if a job with this id exists already (a resent
-        submit is not a second job)."""
+               priority: int = DEFAULT_PRIORITY, not_before: float | None = None) -> bool:
+        """Keep a new pending job, to start not before `not_before` (wall clock) if given;
+        False if a job with this id exists already (a resent submit is not a second
+        job)."""
 
     def top_priority(self) -> int | None:
         """The highest priority of the jobs ready to be leased; None if there are none."""
@@ -135,7 +136,10 @@ class JobStore(Protocol):
         """Jobs ready to be leased now."""
 
     def delayed(self) -> int:
-        """Jobs waiting for their retry's backoff."""
+        """Jobs waiting for their time: a retry's backoff, or a delayed submit."""
+
+    def scheduled(self) -> int:
+        """Of the delayed jobs, those submitted with a delay that have not run yet."""
 
     def next_due(self) -> float | None:
         """When (wall clock) the soonest delayed job is due, if any."""

@@ -50,6 +50,15 @@ def to_retry(store: JobStore, held: HeldJobs, backend: str, job_ids: list[str],
     return found
 
 
+def retry(store: JobStore, held: HeldJobs, backend: str, job_ids: list[str],
+          state: str | None, task: str | None) -> list[str]:
+    """Run the jobs again (`to_retry`); their ids."""
+    found = to_retry(store, held, backend, job_ids, state, task)
+    for stored in found:
+        store.resubmit(stored)
+    return [stored.id for stored in found]
+
+
 def to_purge(store: JobStore, held: HeldJobs, backend: str, state: str, task: str | None,
              before: float | None) -> list[str]:
     """The ids of the jobs a purge takes."""

@@ -168,6 +168,7 @@ class Submit:
     task: str
     wait: bool = False   # push each JobResult when the job ends
     priority: int = DEFAULT_PRIORITY  # MIN_PRIORITY .. MAX_PRIORITY: higher runs first
+    not_before: float | None = None   # wall clock: the jobs do not start before then
     data: list[bytes] = field(default_factory=list)
 
 

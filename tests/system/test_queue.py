@@ -164,7 +164,8 @@ def test_a_thousand_results_come_back_in_order(instance: Instance, tmp_path: Pat
         results = list(c.map("square", range(1000), timeout=60))
     assert results == [x * x + 1 for x in range(1000)]
     status = instance.wait_status(lambda s: s["queue"]["done"] == 1000, 30, "1000 done")
-    assert status["queue"] == {"pending": 0, "retrying": 0, "running": 0, "done": 1000,
+    assert status["queue"] == {"pending": 0, "retrying": 0, "scheduled": 0, "running": 0,
+                               "done": 1000,
                                "failed": 0, "dead": 0, "cancelled": 0,
                                "duplicate_runs": 0}
     assert sum(w["jobs_done"] for w in status["workers"]) == 1000

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers_queue import make_broker, numbered
 
-from supervisor.client.local import check_priority
+from supervisor.client.checks import check_priority
 from supervisor.conf.config import load_config
 from supervisor.jobs.checks import NATS_PRIORITY, priority_problem
 from supervisor.jobs.held import HeldJobs, QueuedJob
