@@ -4,6 +4,7 @@ group (supervisor.cli.main), which imports them."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, NoReturn
 
 import click
@@ -84,3 +85,18 @@ def _call(config: Config, name: str, **args: Any) -> dict[str, Any]:
         fail(1, str(exc))
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class Duration(click.ParamType):
+    """Seconds, written 90, 90s, 15m, 2h or 7d."""
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value))
+        if match is None:
+            self.fail(f"{value!r} is not a duration such as 90s, 15m, 2h or 7d", param, ctx)
+        return float(match[1]) * _UNITS[match[2] or "s"]

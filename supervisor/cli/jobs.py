@@ -15,7 +15,7 @@ from typing import IO, Any
 import click
 
 from supervisor.cli import progress, render
-from supervisor.cli.common import CliExit, _call, _config, _paths, _running, fail
+from supervisor.cli.common import CliExit, Duration, _call, _config, _paths, _running, fail
 from supervisor.client import (Client, DaemonNotRunning, JobCancelled, JobDead, JobError,
                                JobFailed, JobRejected, QueueUnreachable, SharedClient,
                                encode_payload)
@@ -283,20 +283,28 @@ def _error_of(exc: JobError) -> dict[str, Any]:
 @click.option("--state", type=click.Choice(STATES), default=None, help="Only jobs in this state.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
               help="How many of the newest jobs.")
+@click.option("--task", default=None, help="Only jobs of this task.")
+@click.option("--since", type=Duration(), default=None,
+              help="Only jobs submitted within this long: 90s, 15m, 2h, 7d.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for programs.")
 @click.pass_context
-def jobs(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> None:
-    """List the newest jobs (from the journal itself when no daemon runs)."""
+def jobs(ctx: click.Context, state: str | None, limit: int, task: str | None,
+         since: float | None, as_json: bool) -> None:
+    """List the newest jobs (from the journal itself when no daemon runs), with their
+    priority and age."""
     config = _config(ctx)
     journal = _journal_without_daemon(config)
+    after = None if since is None else time.time() - since
     if journal is None:
-        rows = _call(config, "jobs", **({"state": state} if state else {}), limit=limit)["jobs"]
+        filters = {k: v for k, v in (("state", state), ("task", task), ("since", after))
+                   if v is not None}
+        rows = _call(config, "jobs", **filters, limit=limit)["jobs"]
     else:
         # The journal without its daemon: a job it ran is pending, and runs again at start.
         # The shared queue lists ended jobs: running ones are shown by each host's status.
         try:
             rows = [] if state == "running" else \
-                [j.summary() for j in journal.recent(state, limit)]
+                [j.summary() for j in journal.recent(state, limit, task, after)]
         except (StoreError, TimeoutError) as exc:
             fail(1, f"jobs not read: {exc}")
         finally:
@@ -351,7 +359,8 @@ def job(ctx: click.Context, job_id: str) -> None:
 class _NoJournal:
     """The journal of a state_dir where nothing was ever submitted: no jobs."""
 
-    def recent(self, state: str | None, limit: int) -> list[StoredJob]:
+    def recent(self, state: str | None, limit: int, task: str | None = None,
+               since: float | None = None) -> list[StoredJob]:
         return []
 
     def get(self, job_id: str) -> StoredJob | None:

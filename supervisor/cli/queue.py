@@ -3,33 +3,15 @@ control request, applied by the daemon to all the jobs it names or to none."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import click
 
-from supervisor.cli.common import _config, _paths, _running, fail
+from supervisor.cli.common import Duration, _config, _paths, _running, fail
 from supervisor.conf.settings import Config
 from supervisor.jobs.cancel import NATS_CANCEL
 from supervisor.jobs.upkeep import NATS_UPKEEP, PURGEABLE, RETRYABLE
 from supervisor.proto import control
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-class Duration(click.ParamType):
-    """Seconds, written 90, 90s, 15m, 2h or 7d."""
-    name = "DURATION"
-
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> float:
-        if isinstance(value, (int, float)):
-            return float(value)
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value))
-        if match is None:
-            self.fail(f"{value!r} is not a duration such as 90s, 15m, 2h or 7d", param, ctx)
-        return float(match[1]) * _UNITS[match[2] or "s"]
-
 
 def _request(config: Config, name: str, args: dict[str, Any], nats_refusal: str) -> Any:
     """The daemon's answer; a refusal is exit 2 (nothing changed), no answer exit 1."""

@@ -29,7 +29,7 @@ from supervisor.conf.settings import Config
 from supervisor.jobs.cancel import NATS_CANCEL
 from supervisor.jobs.checks import NATS_DELAY, NATS_PRIORITY
 from supervisor.jobs.jetstream import Layout, decode_record, job_key, key_job
-from supervisor.jobs.journal import StoredJob
+from supervisor.jobs.journal import StoredJob, matching
 from supervisor.jobs.natslink import Link, describe_servers, transient
 from supervisor.jobs.store import StoreError
 from supervisor.proto import wire
@@ -210,9 +210,11 @@ class SharedClient(Client):
         """The job: its end if it has one, else as it waits in the stream; None if unknown."""
         return self.link.call(self.layout.get(job_key(job_id), job_id), QUERY_TIMEOUT)
 
-    def recent(self, state: str | None, limit: int) -> list[StoredJob]:
+    def recent(self, state: str | None, limit: int, task: str | None = None,
+               since: float | None = None) -> list[StoredJob]:
         """The newest ended jobs (the results bucket keeps them for result_ttl)."""
-        return self.link.call(self.layout.recent(state, limit), QUERY_TIMEOUT)
+        return matching(self.link.call(self.layout.recent(state, limit), QUERY_TIMEOUT),
+                        task, since)
 
     # -- plumbing ------------------------------------------------------------------------
 

@@ -90,9 +90,16 @@ class ControlRequests:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST:
             raise RequestError(f"jobs: limit must be an integer from 1 to {MAX_LIST}, "
                                f"got {limit!r}")
+        task, since = args.get("task"), args.get("since")
+        if task is not None and not isinstance(task, str):
+            raise RequestError(f"jobs: task must be a string, got {task!r}")
+        if since is not None and (isinstance(since, bool) or
+                                  not isinstance(since, (int, float))):
+            raise RequestError(f"jobs: since must be a time (seconds since the epoch), "
+                               f"got {since!r}")
         broker = self.d.broker
         try:
-            return {"jobs": query.recent(broker.store, broker.held, state, limit)}
+            return {"jobs": query.recent(broker.store, broker.held, state, limit, task, since)}
         except (StoreError, TimeoutError) as exc:  # a shared store out of reach
             raise RequestError(f"jobs: {exc}") from None
 

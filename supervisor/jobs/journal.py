@@ -90,6 +90,13 @@ class StoredJob:
         return info
 
 
+def matching(jobs: list[StoredJob], task: str | None,
+             since: float | None) -> list[StoredJob]:
+    """The jobs of `task`, submitted since `since` (where a store cannot ask for them)."""
+    return [job for job in jobs if (task is None or job.task == task) and
+            (since is None or job.submitted >= since)]
+
+
 _COLUMNS = ("id, task, payload, state, attempts, runs, submitted, finished, result, error, "
             "not_before, priority, history")
 
@@ -203,10 +210,19 @@ class Journal:
         row = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _row(row) if row else None
 
-    def recent(self, state: str | None, limit: int) -> list[StoredJob]:
-        where, args = ("WHERE state = ?", (state,)) if state else ("", ())
+    def recent(self, state: str | None, limit: int, task: str | None = None,
+               since: float | None = None) -> list[StoredJob]:
+        """The newest jobs (of a state, of a task, submitted since a time, if given)."""
+        where: list[str] = []
+        args: list[Any] = []
+        for clause, value in (("state = ?", state), ("task = ?", task),
+                              ("submitted >= ?", since)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        sql = f"WHERE {' AND '.join(where)}" if where else ""
         cur = self.db.execute(
-            f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ?", (*args, limit))
+            f"SELECT {_COLUMNS} FROM jobs {sql} ORDER BY seq DESC LIMIT ?", (*args, limit))
         return [_row(r) for r in cur]
 
     def counts(self) -> dict[str, int]:

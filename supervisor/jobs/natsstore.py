@@ -29,7 +29,7 @@ from supervisor.jobs.cancel import NATS_CANCEL
 from supervisor.jobs.held import QueuedJob
 from supervisor.jobs.jetstream import REPLY_HEADER, Layout, encode_record, job_key, key_job
 from supervisor.jobs.natslink import Link, NatsError, NatsUnreachable, describe_servers, transient
-from supervisor.jobs.journal import DEAD, DONE, FAILED, PENDING, RUNNING, StoredJob
+from supervisor.jobs.journal import DEAD, DONE, FAILED, PENDING, RUNNING, StoredJob, matching
 from supervisor.jobs.natsfeed import Feed
 from supervisor.jobs.store import Commit, StoreError
 from supervisor.jobs.upkeep import NATS_UPKEEP
@@ -107,6 +107,9 @@ class _NotShared:
 
     def remove(self, job_ids: list[str]) -> None:
         raise StoreError(NATS_UPKEEP)
+
+    def scheduled(self) -> int:
+        return 0  # a delayed submit is refused on this backend
 
 
 class NatsStore(_NotShared):
@@ -290,8 +293,9 @@ class NatsStore(_NotShared):
     def get(self, job_id: str) -> StoredJob | None:
         return self._query(self.layout.get(job_key(job_id), job_id))
 
-    def recent(self, state: str | None, limit: int) -> list[StoredJob]:
-        return self._query(self.layout.recent(state, limit)) or []
+    def recent(self, state: str | None, limit: int, task: str | None = None,
+               since: float | None = None) -> list[StoredJob]:
+        return matching(self._query(self.layout.recent(state, limit)) or [], task, since)
 
     def _query(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """For a request to the daemon: its loop waits, so not for long (docbrainctl reads
@@ -337,9 +341,6 @@ class NatsStore(_NotShared):
 
     def waiting(self) -> int:
         return len(self.feed.arrived)
-
-    def scheduled(self) -> int:
-        return 0  # a delayed submit is refused on this backend
 
     def delayed(self) -> int:
         return len(self._delayed)

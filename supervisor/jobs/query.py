@@ -11,12 +11,13 @@ from supervisor.jobs.store import JobStore
 from supervisor.proto.control import RequestError
 
 
-def recent(store: JobStore, held: HeldJobs, state: str | None,
-           limit: int) -> list[dict[str, Any]]:
-    """The newest jobs (of one state, if given), newest first."""
+def recent(store: JobStore, held: HeldJobs, state: str | None, limit: int,
+           task: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
+    """The newest jobs (of one state, of one task, submitted since then, if given), newest
+    first."""
     query = PENDING if state == RUNNING else state
     rows = []
-    for stored in store.recent(query, limit if state != RUNNING else 1 << 30):
+    for stored in store.recent(query, limit if state != RUNNING else 1 << 30, task, since):
         info = stored.summary()
         job = held.running.get(stored.id)
         if job is not None:

@@ -173,8 +173,9 @@ class SqliteStore:
     def get(self, job_id: str) -> StoredJob | None:
         return self.journal.get(job_id)
 
-    def recent(self, state: str | None, limit: int) -> list[StoredJob]:
-        return self.journal.recent(state, limit)
+    def recent(self, state: str | None, limit: int, task: str | None = None,
+               since: float | None = None) -> list[StoredJob]:
+        return self.journal.recent(state, limit, task, since)
 
     def counts(self) -> dict[str, int]:
         return dict(self._counts)

@@ -126,8 +126,10 @@ class JobStore(Protocol):
     def get(self, job_id: str) -> StoredJob | None:
         """The job as stored (leased jobs read as pending), or None if unknown."""
 
-    def recent(self, state: str | None, limit: int) -> list[StoredJob]:
-        """The newest jobs, of one state if given."""
+    def recent(self, state: str | None, limit: int, task: str | None = None,
+               since: float | None = None) -> list[StoredJob]:
+        """The newest jobs, of one state, of one task, submitted since a time (wall clock),
+        where given. A shared store takes the newest `limit` ended jobs, then filters."""
 
     def counts(self) -> dict[str, int]:
         """Jobs by state; pending counts the leased ones too."""

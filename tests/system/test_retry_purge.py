@@ -70,6 +70,10 @@ def test_purge_counts_then_removes(instance: Instance) -> None:
     with Client(str(instance.config_path)) as client:
         ids = client.submit_many_nowait("echo", [1, 2, 3])
         assert [client.result(j, timeout=60) for j in ids] == [1, 2, 3]
+        listed = instance.ctl("jobs", "--task", "echo", "--since", "1h", "--json")
+        assert {row["id"] for row in json.loads(listed.stdout)["jobs"]} == set(ids)
+        listed = instance.ctl("jobs", "--task", "flaky", "--json")
+        assert json.loads(listed.stdout)["jobs"] == []
         result = instance.ctl("purge", "--state", "done")
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("would remove 3 done job(s)")

@@ -123,3 +123,16 @@ def test_purge_of_pending_jobs_takes_them_out_of_the_queue(tmp_path: Path) -> No
             broker.purge_jobs("running", None, None, apply=True)
     finally:
         broker.close()
+
+
+def test_jobs_are_listed_by_task_and_age(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "journal.db"))
+    try:
+        for job_id, task, submitted in (("a", "x", 10.0), ("b", "y", 20.0), ("c", "x", 30.0)):
+            store.submit(job_id, task, b"null", submitted)
+        assert [j.id for j in store.recent(None, 10, task="x")] == ["c", "a"]
+        assert [j.id for j in store.recent(None, 10, since=15.0)] == ["c", "b"]
+        assert [j.id for j in store.recent(PENDING, 10, "x", 15.0)] == ["c"]
+        assert store.recent(DONE, 10, "x") == []
+    finally:
+        store.close()
