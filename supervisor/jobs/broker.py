@@ -19,11 +19,11 @@ from typing import Any
 import zmq
 
 from supervisor.conf.settings import Config
+from supervisor.jobs import upkeep
+from supervisor.jobs.cancel import HELD, RUNNING, WAITING, Cancels
 from supervisor.jobs.checks import priority_problem, retry_delay, submit_problem
 from supervisor.jobs.dispatch import dispatch
 from supervisor.jobs.held import HeldJobs, QueuedJob
-from supervisor.jobs import upkeep
-from supervisor.jobs.cancel import HELD, RUNNING, WAITING, Cancels
 from supervisor.jobs.journal import (CANCELLED, DEAD, DONE, FAILED, FINAL_STATES, PENDING,
                                      StoredJob)
 from supervisor.jobs.replies import Replies
