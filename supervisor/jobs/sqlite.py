@@ -33,6 +33,7 @@ class SqliteStore:
         # Jobs to retry later: (not before, order, job), the soonest first. Wall-clock
         # times: they are stored, and outlive the daemon.
         self._delayed: list[tuple[float, int, QueuedJob]] = []
+        self._scheduled = 0  # of those, submitted with a delay and never run (status)
         self._order = itertools.count()
         self._unfinished: set[str] = set()  # every pending job's id, leased ones too
         self._answers: list[tuple[str, StoredJob | None]] = []
@@ -93,6 +94,7 @@ class SqliteStore:
             if job.id == job_id:
                 self._delayed.pop(index)
                 heapq.heapify(self._delayed)
+                self._scheduled -= not job.runs
                 return job
         return None
 
@@ -116,6 +118,7 @@ class SqliteStore:
             self._waiting = sum(len(level) for level in self._levels)
             self._delayed = [item for item in self._delayed if item[2].id not in gone]
             heapq.heapify(self._delayed)
+            self._scheduled = sum(1 for _due, _order, job in self._delayed if not job.runs)
             self._unfinished -= gone
         self.journal.delete(job_ids)
         self._counts = self.journal.counts()
@@ -191,7 +194,7 @@ class SqliteStore:
         return len(self._delayed)
 
     def scheduled(self) -> int:
-        return sum(1 for _due, _order, job in self._delayed if not job.runs)
+        return self._scheduled
 
     def next_due(self) -> float | None:
         return self._delayed[0][0] if self._delayed else None
@@ -202,6 +205,7 @@ class SqliteStore:
         due = []
         while self._delayed and self._delayed[0][0] <= now:
             due.append(heapq.heappop(self._delayed)[2])
+            self._scheduled -= not due[-1].runs
         self._add(due, front=True)
         return len(due)
 
@@ -226,3 +230,4 @@ class SqliteStore:
 
     def _defer(self, job: QueuedJob, not_before: float) -> None:
         heapq.heappush(self._delayed, (not_before, next(self._order), job))
+        self._scheduled += not job.runs
