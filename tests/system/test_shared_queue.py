@@ -157,8 +157,12 @@ def test_a_frozen_host_loses_its_jobs_to_the_others_and_rejoins(
         frozen, other = hosts
         _, client = _no_daemon_client(tmp_path, nats_server.url)
         with client:
+            # The first 4 (one per worker: credit 1) run long enough that the jobs the
+            # host is seen running are still running when it is frozen, however slowly
+            # `status` answers on a loaded machine.
             ids = client.submit_many_nowait(
-                "shared.who", [{"n": n, "runs": str(runs), "sleep": 0.5} for n in range(40)])
+                "shared.who", [{"n": n, "runs": str(runs), "sleep": 6 if n < 4 else 0.5}
+                               for n in range(40)])
             status = frozen.wait_status(
                 lambda s: all(w["current_job"] for w in s["workers"]), 60,
                 "the host to be running 2 jobs")
