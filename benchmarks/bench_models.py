@@ -38,12 +38,13 @@ MIB = 2**20
 
 
 @contextmanager
-def daemon(workers: int, standby: int = 0) -> Iterator[tuple[list[str], float]]:
-    """A daemon with the default model; yields (docbrainctl argv prefix, seconds to start)."""
+def daemon(workers: int, standby: int = 0, more: str = "") -> Iterator[tuple[list[str], float]]:
+    """A daemon with the default model (`more`: more tables of its configuration); yields
+    (docbrainctl argv prefix, seconds to start)."""
     with tempfile.TemporaryDirectory(prefix="dbm") as tmp:
         config = Path(tmp) / "bench.toml"
         config.write_text(f'[supervisor]\nstate_dir = "{tmp}/state"\n'
-                          f"[workers]\ncount = {workers}\nstandby = {standby}\n")
+                          f"[workers]\ncount = {workers}\nstandby = {standby}\n{more}")
         ctl = [sys.executable, "-m", "supervisor", "--config", str(config)]
         t0 = time.perf_counter()
         subprocess.run([*ctl, "start"], check=True, capture_output=True)

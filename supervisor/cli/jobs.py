@@ -20,7 +20,6 @@ from supervisor.client import (Client, DaemonNotRunning, JobCancelled, JobDead, 
                                JobFailed, JobRejected, QueueUnreachable, SharedClient,
                                encode_payload)
 from supervisor.conf.settings import Config
-from supervisor.jobs.checks import NATS_DELAY, NATS_PRIORITY
 from supervisor.jobs.journal import STATES, Journal, StoredJob
 from supervisor.jobs.store import StoreError
 from supervisor.proto import wire
@@ -117,11 +116,7 @@ def submit(ctx: click.Context, task: str, payload_json: str | None, wait: bool,
         if given is not None and not input_path:
             fail(2, f"{name} needs --input")
     config = _config(ctx)
-    if config.queue.backend == "nats" and priority != wire.DEFAULT_PRIORITY:
-        fail(2, NATS_PRIORITY)
     not_before = _start_time(delay, eta)
-    if not_before is not None and config.queue.backend == "nats":
-        fail(2, NATS_DELAY)
     if not_before is not None and input_path:
         fail(2, "--delay and --eta are for one job: not with --input")
     if input_path:

@@ -1,22 +1,28 @@
 """docbrainctl's operations on the jobs of the queue: cancel, retry, purge. Each is one
-control request, applied by the daemon to all the jobs it names or to none."""
+control request, applied by the daemon to all the jobs it names or to none; on the NATS
+backend docbrainctl makes them itself (supervisor.jobs.natscancel, natsupkeep)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import click
 
+from supervisor.client import QueueUnreachable, SharedClient
 from supervisor.cli.common import Duration, _config, _paths, _running, fail
 from supervisor.conf.settings import Config
-from supervisor.jobs.cancel import NATS_CANCEL
-from supervisor.jobs.upkeep import NATS_UPKEEP, PURGEABLE, RETRYABLE
+from supervisor.jobs import natscancel
+from supervisor.jobs.natsupkeep import UpkeepError
+from supervisor.jobs.upkeep import PURGEABLE, RETRYABLE
 from supervisor.proto import control
 
-def _request(config: Config, name: str, args: dict[str, Any], nats_refusal: str) -> Any:
-    """The daemon's answer; a refusal is exit 2 (nothing changed), no answer exit 1."""
+
+def _request(config: Config, name: str, args: dict[str, Any]) -> Any:
+    """The daemon's answer (on NATS, docbrainctl's own: `_shared`); a refusal is exit 2
+    (nothing changed), no answer exit 1."""
     if config.queue.backend == "nats":
-        fail(2, nats_refusal)
+        return _shared(config, name, args)
     paths = _paths(config)
     _running(paths)
     try:
@@ -26,6 +32,32 @@ def _request(config: Config, name: str, args: dict[str, Any], nats_refusal: str)
         fail(1, str(exc))
     except control.ControlError as exc:
         fail(2, str(exc))
+
+
+def _shared(config: Config, name: str, args: dict[str, Any]) -> Any:
+    """Cancel, retry or purge on the queue shared on NATS, made here (supervisor.jobs.
+    natscancel, natsupkeep)."""
+    try:
+        client = SharedClient(config)
+    except QueueUnreachable as exc:
+        fail(1, str(exc))
+    try:
+        if name == "cancel":
+            done, stopped = client.link.call(
+                natscancel.cancel(client.layout, args["ids"], args["terminate"]),
+                natscancel.CANCEL_TIMEOUT)
+            return {"cancelled": done, "terminated": stopped}
+        if name == "retry":
+            return {"retried": client.retry_jobs(args["ids"], args["state"], args["task"])}
+        before = None if args["older_than"] is None else time.time() - args["older_than"]
+        return {"count": client.purge_jobs(args["state"], args["task"], before,
+                                           args["apply"])}
+    except (UpkeepError, natscancel.CancelError) as exc:
+        fail(2, str(exc))
+    except (QueueUnreachable, TimeoutError) as exc:
+        fail(1, str(exc))
+    finally:
+        client.close()
 
 
 @click.command()
@@ -38,8 +70,7 @@ def cancel(ctx: click.Context, job_ids: tuple[str, ...], terminate: bool) -> Non
     """Cancel jobs: each ends `cancelled` (its waiters are told). A running job only with
     --terminate. All or none: if any ID is unknown, ended already, or running without
     --terminate, the line says which, nothing is cancelled, exit 2."""
-    answer = _request(_config(ctx), "cancel", {"ids": list(job_ids), "terminate": terminate},
-                      NATS_CANCEL)
+    answer = _request(_config(ctx), "cancel", {"ids": list(job_ids), "terminate": terminate})
     terminated = set(answer.get("terminated", []))
     for job_id in answer.get("cancelled", []):
         click.echo(f"{job_id} cancelled" + (" (its worker was stopped)"
@@ -64,7 +95,7 @@ def retry(ctx: click.Context, job_ids: tuple[str, ...], state: str | None,
     if task is not None and not state:
         fail(2, "--task needs --state")
     answer = _request(_config(ctx), "retry", {"ids": list(job_ids), "state": state,
-                                              "task": task}, NATS_UPKEEP)
+                                              "task": task})
     retried = answer.get("retried", [])
     for job_id in retried:
         click.echo(f"{job_id} pending again")
@@ -88,8 +119,7 @@ def purge(ctx: click.Context, state: str | None, task: str | None, older_than: f
     if state is None:
         fail(2, f"purge needs --state: one of {', '.join(PURGEABLE)}")
     answer = _request(_config(ctx), "purge", {"state": state, "task": task,
-                                              "older_than": older_than, "apply": yes},
-                      NATS_UPKEEP)
+                                              "older_than": older_than, "apply": yes})
     count = int(answer.get("count", 0))
     if yes:
         click.echo(f"removed {count:,} {state} job(s)")

@@ -12,7 +12,8 @@ to the coroutine that waits for it, so that any number of coroutines submit and 
 once without blocking the event loop. Submits carry ids chosen here and are sent again
 when unanswered (a resent submit is not a second job); results are pushed by the daemon,
 and asked for again after a silence (a daemon restarted meanwhile). With the NATS backend
-it needs a daemon on this machine (it forwards): AsyncClient does not talk to NATS itself.
+and no daemon here, `AsyncClient(config)` talks to NATS itself: it is an AsyncSharedClient
+(supervisor.client.aioshared).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from supervisor.client.checks import check_priority, new_jobs, start_time
+from supervisor.client.checks import check_priority, new_jobs, shared_here, start_time
 from supervisor.client.errors import (DaemonNotRunning, JobError, NotAcknowledged, PayloadError,
                                       encode_payload, outcome, rejection)
 from supervisor.client.local import ACK_TIMEOUT, RESEND_AFTER, SUBMIT_CHUNK
@@ -42,7 +43,16 @@ from supervisor.proto.pidfile import running_pid
 End = tuple[str, dict[str, Any] | None, bytes]  # state, error, result
 
 
+# The client that talks to the shared queue directly (supervisor.client.aioshared sets it).
+SHARED: type[AsyncClient] | None = None
+
+
 class AsyncClient:
+    def __new__(cls, config: Config | str | None = None, **_kwargs: Any) -> AsyncClient:
+        if cls is AsyncClient and SHARED is not None and shared_here(config):
+            return object.__new__(SHARED)
+        return object.__new__(cls)
+
     def __init__(self, config: Config | str | None = None, *, window: int = 1000,
                  ack_timeout: float = ACK_TIMEOUT) -> None:
         if not isinstance(config, Config):

@@ -1,5 +1,6 @@
 """What a client checks before it sends a submit: the priority and the start time, so
-that a bad one is a ValueError and nothing is sent (the daemon checks again)."""
+that a bad one is a ValueError and nothing is sent (the daemon checks again); and whether
+it talks to NATS itself (`shared_here`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,19 @@ from datetime import datetime
 from typing import Any
 
 from supervisor.client.errors import PayloadError, encode_payload
+from supervisor.conf.config import load_config
+from supervisor.conf.settings import Config
 from supervisor.proto import wire
+from supervisor.proto.paths import StatePaths
+from supervisor.proto.pidfile import running_pid
+
+
+def shared_here(config: Config | str | None) -> bool:
+    """Does a client of this configuration talk to NATS itself? With `[queue] backend =
+    "nats"` and no daemon on this machine (a daemon forwards)."""
+    loaded = config if isinstance(config, Config) else load_config(config)
+    paths = StatePaths.for_state_dir(loaded.supervisor.state_dir)
+    return loaded.queue.backend == "nats" and running_pid(paths.pidfile) is None
 
 
 def check_priority(priority: Any) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 import zmq
 
-from supervisor.client.checks import check_priority, new_jobs, start_time
+from supervisor.client.checks import check_priority, new_jobs, shared_here, start_time
 from supervisor.client.errors import (DaemonNotRunning, JobError, JobRejected, NotAcknowledged,
                                       PayloadError, encode_payload, outcome, rejection)
 from supervisor.client.operations import Operations
@@ -70,11 +70,8 @@ SHARED: type[Client] | None = None
 
 class Client(Operations):
     def __new__(cls, config: Config | str | None = None, **_kwargs: Any) -> Client:
-        if cls is Client and SHARED is not None:
-            loaded = config if isinstance(config, Config) else load_config(config)
-            paths = StatePaths.for_state_dir(loaded.supervisor.state_dir)
-            if loaded.queue.backend == "nats" and running_pid(paths.pidfile) is None:
-                return object.__new__(SHARED)
+        if cls is Client and SHARED is not None and shared_here(config):
+            return object.__new__(SHARED)
         return object.__new__(cls)
 
     def __init__(self, config: Config | str | None = None, *, window: int = 1000,

@@ -1,10 +1,12 @@
 """What a client asks of the daemon about jobs already queued, on its control socket
-(docbrainctl's requests): cancel."""
+(docbrainctl's requests): cancel. On the NATS backend the client makes it itself
+(supervisor.jobs.natscancel)."""
 
 from __future__ import annotations
 
 from supervisor.client.errors import CancelRefused
 from supervisor.conf.settings import Config
+from supervisor.jobs import natscancel
 from supervisor.proto import control
 from supervisor.proto.paths import StatePaths
 
@@ -25,6 +27,11 @@ def cancel(config: Config, paths: StatePaths, job_ids: str | list[str],
            terminate: bool) -> list[str]:
     """The request of Client.cancel (and AsyncClient's, on a thread)."""
     ids = [job_ids] if isinstance(job_ids, str) else list(job_ids)
+    if config.queue.backend == "nats":  # made here, not by the daemon
+        try:
+            return natscancel.cancel_once(config, ids, terminate)
+        except natscancel.CancelError as exc:
+            raise CancelRefused(str(exc)) from None
     try:
         answer = control.call(paths.endpoint("control"), "cancel",
                               {"ids": ids, "terminate": terminate},

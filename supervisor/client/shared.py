@@ -12,24 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import os
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from datetime import datetime
 from typing import Any
 
-from supervisor.client.errors import (CancelRefused, JobError, NotAcknowledged, PayloadError,
+from supervisor.client.errors import (JobError, NotAcknowledged, PayloadError,
                                       QueueRefused, QueueUnreachable, encode_payload, outcome)
 from supervisor.client.checks import check_priority, new_jobs, start_time
+from supervisor.client.sharedops import SharedQueries
 from supervisor.client.local import ACK_TIMEOUT, RESEND_AFTER, SUBMIT_CHUNK, Client
 from supervisor.conf.config import load_config
 from supervisor.conf.settings import Config
-from supervisor.jobs.cancel import NATS_CANCEL
-from supervisor.jobs.checks import NATS_DELAY, NATS_PRIORITY
 from supervisor.jobs.jetstream import Layout, decode_record, job_key, key_job
-from supervisor.jobs.journal import StoredJob, matching
 from supervisor.jobs.natslink import Link, describe_servers, transient
 from supervisor.jobs.store import StoreError
 from supervisor.proto import wire
@@ -37,11 +37,10 @@ from supervisor.proto import wire
 MAX_KEPT = 200_000  # ends of this client's jobs held for it (and keys it waits for)
 INBOX_GRACE = 0.5  # seconds the inbox has, after a job's end is stored, to bring it
 LOOK_AGAIN = 5.0  # seconds between reads of a job's end while no notice of it came
-QUERY_TIMEOUT = 10.0
 READY_BATCH = 256  # results of a map collected in one call to the NATS thread at most
 
 
-class SharedClient(Client):
+class SharedClient(SharedQueries, Client):
     def __init__(self, config: Config | str | None = None, *, window: int = 1000,
                  ack_timeout: float = ACK_TIMEOUT) -> None:
         if not isinstance(config, Config):
@@ -112,13 +111,14 @@ class SharedClient(Client):
                priority: int = wire.DEFAULT_PRIORITY, delay: float | None = None,
                eta: datetime | float | None = None) -> str:
         """Submit one job; returns its id once JetStream has stored it."""
-        _check_priority(priority, delay, eta)
+        check_priority(priority)
+        not_before = start_time(delay, eta)
         job_id = uuid.uuid4().hex
         try:
             data = encode_payload(payload, self.payload_limit)
         except ValueError as exc:
             raise PayloadError(job_id, str(exc)) from None
-        problem = self._publish(task, [(job_id, data)], timeout)[0]
+        problem = self._publish(task, [(job_id, data)], timeout, priority, not_before)[0]
         if problem is not None:
             raise problem
         return job_id
@@ -126,15 +126,24 @@ class SharedClient(Client):
     def submit_many_nowait(self, task: str, payloads: list[Any], *,
                            priority: int = wire.DEFAULT_PRIORITY, delay: float | None = None,
                            eta: datetime | float | None = None) -> list[str]:
-        _check_priority(priority, delay, eta)
+        check_priority(priority)
+        not_before = start_time(delay, eta)
         jobs = new_jobs(payloads, self.payload_limit)
-        for problem in self._publish(task, jobs, None):
+        for problem in self._publish(task, jobs, None, priority, not_before):
             if problem is not None:
                 raise problem
         return [job_id for job_id, _ in jobs]
 
     def result(self, job_id: str, timeout: float | None = None) -> Any:
         return _outcome(job_id, self._ends_of([job_id], timeout)[0])
+
+    def result_future(self, job_id: str, timeout: float | None) -> Future[Any]:
+        """The job's result (or JobError) as a future of the NATS thread: AsyncSharedClient
+        awaits it, and no thread waits."""
+        return self.link.run(self._result_of(job_id, timeout))
+
+    async def _result_of(self, job_id: str, timeout: float | None) -> Any:
+        return _outcome(job_id, (await self._ready_ends([job_key(job_id)], timeout))[0])
 
     def _ends_of(self, job_ids: list[str], timeout: float | None) -> list[bytes | None]:
         """The stored end of the first job (waited for), then of those after it whose
@@ -155,7 +164,7 @@ class SharedClient(Client):
                      return_exceptions: bool = False,
                      stop: Callable[[], bool] | None = None, *,
                      priority: int = wire.DEFAULT_PRIORITY) -> Iterator[tuple[str, Any]]:
-        _check_priority(priority)
+        check_priority(priority)
         outstanding: collections.deque[tuple[str, Exception | None]] = collections.deque()
         ready: dict[str, bytes | None] = {}  # ends collected ahead of their turn
         source = iter(payloads)
@@ -176,7 +185,8 @@ class SharedClient(Client):
                     except ValueError as exc:
                         refused[job_id] = PayloadError(job_id, str(exc))
                     outstanding.append((job_id, refused.get(job_id)))
-                problems = dict(zip((j for j, _ in jobs), self._publish(task, jobs, None)))
+                problems = dict(zip((j for j, _ in jobs), self._publish(task, jobs, None,
+                                                                        priority)))
                 for index, (job_id, problem) in enumerate(outstanding):
                     if problems.get(job_id) is not None:
                         outstanding[index] = (job_id, problems[job_id])
@@ -198,28 +208,14 @@ class SharedClient(Client):
                 value = exc
             yield head, value
 
-    def cancel(self, job_ids: str | list[str], terminate: bool = False) -> list[str]:
-        raise CancelRefused(NATS_CANCEL)
-
     def settle(self, timeout: float) -> int:
         return 0  # every submit here is answered before it returns
 
-    # -- queries, for docbrainctl jobs / job with no daemon here --------------------------
-
-    def get(self, job_id: str) -> StoredJob | None:
-        """The job: its end if it has one, else as it waits in the stream; None if unknown."""
-        return self.link.call(self.layout.get(job_key(job_id), job_id), QUERY_TIMEOUT)
-
-    def recent(self, state: str | None, limit: int, task: str | None = None,
-               since: float | None = None) -> list[StoredJob]:
-        """The newest ended jobs (the results bucket keeps them for result_ttl)."""
-        return matching(self.link.call(self.layout.recent(state, limit), QUERY_TIMEOUT),
-                        task, since)
-
     # -- plumbing ------------------------------------------------------------------------
 
-    def _publish(self, task: str, jobs: list[tuple[str, bytes]],
-                 timeout: float | None) -> list[Exception | None]:
+    def _publish(self, task: str, jobs: list[tuple[str, bytes]], timeout: float | None,
+                 priority: int = wire.DEFAULT_PRIORITY,
+                 not_before: float | None = None) -> list[Exception | None]:
         """Store the jobs; per job, None or why it was not stored."""
         if not self.link.up.wait(self.config.queue.nats.connect_timeout):
             raise QueueUnreachable(f"NATS servers unreachable "
@@ -227,17 +223,19 @@ class SharedClient(Client):
                                    "reconnecting")
         limit = self.ack_timeout if timeout is None else timeout
         try:
-            outcomes = self.link.call(self._publish_all(task, jobs, limit), limit + 5)
+            outcomes = self.link.call(self._publish_all(task, jobs, limit, priority,
+                                                        not_before), limit + 5)
         except TimeoutError:
             return [NotAcknowledged(job_id, f"NATS did not acknowledge the submit of job "
                                     f"{job_id} within {limit:g} s") for job_id, _ in jobs]
         return [None if ok is True else QueueRefused(job_id, f"NATS did not store it: {ok}")
                 for (job_id, _), ok in zip(jobs, outcomes)]
 
-    async def _publish_all(self, task: str, jobs: list[tuple[str, bytes]],
-                           limit: float) -> list[Any]:
+    async def _publish_all(self, task: str, jobs: list[tuple[str, bytes]], limit: float,
+                           priority: int, not_before: float | None) -> list[Any]:
         """Store each job, sent again after a failure that may pass (a resent one is not
-        a second job) until `limit` seconds; per job, True or the last failure."""
+        a second job) until `limit` seconds; per job, True or the last failure. The hosts
+        are told of their priority once they are stored."""
         deadline = asyncio.get_running_loop().time() + limit
 
         async def one(job_id: str, data: bytes) -> Any:
@@ -246,7 +244,8 @@ class SharedClient(Client):
                 self._mine.pop(next(iter(self._mine)))
             while True:
                 try:
-                    await self.layout.publish(job_id, task, data, self._inbox)
+                    await self.layout.publish(job_id, task, data, self._inbox, priority,
+                                              not_before)
                     return True
                 except Exception as exc:
                     if not transient(exc) or asyncio.get_running_loop().time() >= deadline:
@@ -254,7 +253,11 @@ class SharedClient(Client):
                         return exc
                     await asyncio.sleep(RESEND_AFTER)
 
-        return list(await asyncio.gather(*(one(job_id, data) for job_id, data in jobs)))
+        outcomes = list(await asyncio.gather(*(one(job_id, data) for job_id, data in jobs)))
+        if any(ok is True for ok in outcomes):
+            with contextlib.suppress(Exception):  # lost: the hosts find them within 1 s
+                await self.layout.announce({priority})
+        return outcomes
 
     async def _end_of(self, key: str, timeout: float | None) -> bytes | None:
         """The job's stored end; None if the job is neither ended nor pending. One of this
@@ -306,16 +309,6 @@ class SharedClient(Client):
         self._notices.pop(key, None)
         self._mine.pop(key, None)
         self._ends.pop(key, None)
-
-
-def _check_priority(priority: Any, delay: Any = None, eta: Any = None) -> None:
-    """ValueError for what is not a priority or a start time, and for what NATS cannot
-    keep: another priority than the default, a delay."""
-    check_priority(priority)
-    if priority != wire.DEFAULT_PRIORITY:
-        raise ValueError(NATS_PRIORITY)
-    if start_time(delay, eta) is not None:
-        raise ValueError(NATS_DELAY)
 
 
 def _outcome(job_id: str, value: bytes | None) -> Any:

@@ -44,11 +44,11 @@ def _seconds(info: Any, key: str) -> float | None:
     return float(value)
 
 
-def open_store(config: Config, journal_path: str) -> JobStore:
+def open_store(config: Config, journal_path: str, held: HeldJobs) -> JobStore:
     """The store that `[queue] backend` names (NATS's client is imported only for it)."""
     if config.queue.backend == "nats":
         from supervisor.jobs.natsstore import NatsStore
-        return NatsStore(config)
+        return NatsStore(config, held.started_slot)
     return SqliteStore(journal_path, config.queue.synchronous)
 
 
@@ -66,8 +66,8 @@ class Broker:
         # A ROUTER drops what does not fit a client's queue: room for a big pipelined map.
         self.sock.setsockopt(zmq.SNDHWM, 200_000)
         self.sock.bind(endpoint)
-        self.store = open_store(config, journal_path)
         self.held = HeldJobs(q.max_attempts)
+        self.store = open_store(config, journal_path, self.held)
         self.catalog: dict[str, dict[str, Any]] = {}
         self.deferred: list[tuple[bytes, str, str, bool, bytes, int, float | None]] = []
         self.waiters: dict[str, set[bytes]] = {}
@@ -96,7 +96,7 @@ class Broker:
                 continue
             client = frames[0]
             if isinstance(message, wire.Submit):
-                refused = priority_problem(self.config, message.priority, message.not_before)
+                refused = priority_problem(message.priority, message.not_before)
                 for job_id, data in zip(message.ids, message.data):
                     if refused:
                         self.replies.rejected.append(
@@ -132,7 +132,9 @@ class Broker:
             self.store.look(job_id)  # ended, pending elsewhere, or unknown: `_answered`
 
     def _answered(self, job_id: str, stored: StoredJob | None) -> None:
-        """What the store found of a job clients here wait on (`look`)."""
+        """What the store found (`look`) of a job clients wait on or a worker here holds."""
+        if job_id in self.held.running and stored is not None and stored.state == CANCELLED:
+            self.cancels.ended_elsewhere(self.store, self.held, job_id, stored)
         if stored is None:
             for client in self.waiters.pop(job_id, ()):
                 self._tell(client, job_id, "unknown", {"reason": "no such job"}, b"null")
@@ -209,9 +211,10 @@ class Broker:
 
     def overdue(self, now: float) -> list[tuple[int, str]]:
         timeouts = {name: info.get("timeout") for name, info in self.catalog.items()}
-        return [(slot, f"job {job.id} ({job.task}) passed its time limit of {limit:g} s")
-                for slot, job, limit in self.held.overdue(
-                    now, timeouts, self.config.queue.job_timeout)]  # type: ignore[arg-type]
+        return self.cancels.take_stops() + [  # cancelled elsewhere, with terminate
+            (slot, f"job {job.id} ({job.task}) passed its time limit of {limit:g} s")
+            for slot, job, limit in self.held.overdue(
+                now, timeouts, self.config.queue.job_timeout)]  # type: ignore[arg-type]
 
     def dispatch(self, slots: list[tuple[int, bytes]], now: float,
                  send: Callable[[bytes, wire.Message], None]) -> list[int]:
@@ -285,11 +288,10 @@ class Broker:
             if purged:
                 log.info("journal: purged %d finished job(s) past result_ttl", purged)
         for job_id in self.store.finished_elsewhere():
-            if job_id in self.waiters:
+            if job_id in self.waiters or job_id in self.held.running:
                 self.store.look(job_id)
         for job_id, stored in self.store.answers():
-            if job_id in self.waiters:
-                self._answered(job_id, stored)
+            self._answered(job_id, stored)
         self._unsent.append((self.store.commit(), self.replies))
         self.replies = Replies()
         while self._unsent and self._unsent[0][0].settled:

@@ -13,18 +13,20 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from supervisor.jobs.held import HeldJobs, QueuedJob
+from supervisor.jobs.journal import StoredJob
 from supervisor.jobs.store import JobStore
 from supervisor.proto import wire
 from supervisor.proto.control import RequestError
 
 WAITING, HELD, RUNNING = "waiting", "held", "running"
-NATS_CANCEL = ("cancel: the nats backend cannot take a job out of the shared queue yet; "
-               "with [queue] backend = \"sqlite\" it can")
+NATS_CANCEL = ("cancel on the nats backend is made by the canceller itself, not by a daemon "
+               "(supervisor.jobs.natscancel): use docbrainctl cancel or Client.cancel")
 
 
 class Cancels:
     def __init__(self) -> None:
         self._ask_back: dict[int, list[str]] = {}  # per slot: cancelled jobs it holds
+        self._stops: list[tuple[int, str]] = []  # workers to stop: (slot, why)
 
     def plan(self, store: JobStore, held: HeldJobs, backend: str, job_ids: list[str],
              terminate: bool) -> dict[str, str]:
@@ -56,6 +58,27 @@ class Cancels:
         """The job, cancelled, is held by its slot's worker: ask for it at the next pass."""
         if job.slot is not None:
             self._ask_back.setdefault(job.slot, []).append(job.id)
+
+    def ended_elsewhere(self, store: JobStore, held: HeldJobs, job_id: str,
+                        stored: StoredJob) -> None:
+        """A job this host holds was cancelled elsewhere (a shared store: its end came from
+        another process, supervisor.jobs.natscancel): held no more, asked back if its
+        worker has not started it; its worker is to be stopped (`take_stops`) if it runs
+        and the cancel said terminate."""
+        job = held.remove(job_id)
+        if job is None:
+            return
+        store.drop(job)
+        if not job.started:
+            self.ask_back(job)
+        elif job.slot is not None and (stored.error or {}).get("terminate"):
+            self._stops.append((job.slot, f"job {job_id} cancelled with terminate"))
+        # else it runs on; its result is dropped (the cancel's end came first)
+
+    def take_stops(self) -> list[tuple[int, str]]:
+        """The workers to stop now, (slot, why): they run jobs cancelled with terminate."""
+        stops, self._stops = self._stops, []
+        return stops
 
     def send(self, slots: list[tuple[int, bytes]],
              send: Callable[[bytes, wire.Message], None]) -> None:

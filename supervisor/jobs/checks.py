@@ -32,27 +32,11 @@ def submit_problem(config: Config, catalog: dict[str, Any], job_id: str, task: s
     return None
 
 
-# What a client is told of a priority the NATS backend cannot keep.
-NATS_PRIORITY = (f"priority: the nats backend runs jobs in the order they were submitted; "
-                 f"priorities other than {wire.DEFAULT_PRIORITY} need [queue] backend = "
-                 f"\"sqlite\"")
-
-
-NATS_DELAY = ("delay: the nats backend starts jobs as they come; a delay or an eta needs "
-              "[queue] backend = \"sqlite\"")
-
-
-def priority_problem(config: Config, priority: Any, not_before: Any = None) -> str | None:
+def priority_problem(priority: Any, not_before: Any = None) -> str | None:
     """Why the priority or the start time of a submit is refused (all its jobs), or None."""
     problem = wire.priority_problem(priority)
-    if problem is None and config.queue.backend == "nats" and \
-            priority != wire.DEFAULT_PRIORITY:
-        return NATS_PRIORITY
-    if problem is None and not_before is not None:
-        if not math.isfinite(not_before):
-            return f"not_before must be a finite time, got {not_before!r}"
-        if config.queue.backend == "nats":
-            return NATS_DELAY
+    if problem is None and not_before is not None and not math.isfinite(not_before):
+        return f"not_before must be a finite time, got {not_before!r}"
     return problem
 
 

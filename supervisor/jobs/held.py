@@ -102,6 +102,12 @@ class HeldJobs:
             self._unstarted[job.priority] -= 1
         return taken
 
+    def started_slot(self, job_id: str) -> int | None:
+        """The slot whose worker runs the job now, if one does (read from another thread
+        too: a shared store answers a canceller with it)."""
+        job = self.running.get(job_id)
+        return job.slot if job is not None and job.started else None
+
     def remove(self, job_id: str) -> QueuedJob | None:
         """Hold the job no more (it is cancelled), started or not; None if no slot holds
         it. A result its worker sends for it later is no job of that slot's: dropped."""

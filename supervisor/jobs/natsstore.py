@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import json
 import logging
 import os
 import socket
@@ -27,19 +28,21 @@ from typing import Any
 from supervisor.conf.settings import Config
 from supervisor.jobs.cancel import NATS_CANCEL
 from supervisor.jobs.held import QueuedJob
-from supervisor.jobs.jetstream import REPLY_HEADER, Layout, encode_record, job_key, key_job
+from supervisor.jobs.jetstream import (REPLY_HEADER, RETRY_OF_HEADER, Layout, decode_record,
+                                       job_key, key_job)
 from supervisor.jobs.natslink import Link, NatsError, NatsUnreachable, describe_servers, transient
-from supervisor.jobs.journal import DEAD, DONE, FAILED, PENDING, RUNNING, StoredJob, matching
+from supervisor.jobs.journal import DEAD, DONE, FAILED, PENDING, RUNNING, StoredJob
 from supervisor.jobs.natsfeed import Feed
+from supervisor.jobs.natsquery import Lookups
 from supervisor.jobs.store import Commit, StoreError
 from supervisor.jobs.upkeep import NATS_UPKEEP
 from supervisor.proto.wire import DEFAULT_PRIORITY
 
 log = logging.getLogger("supervisor.jobs")
 COMMIT_TIMEOUT = 10.0  # seconds a commit waits for JetStream's acknowledgements
-QUERY_TIMEOUT = 1.0  # seconds the daemon's loop waits for a request's answer from NATS
 WRITE_TRIES = 4  # a write that failed for a passing reason (a leader election) is sent again
 Write = Callable[[], Coroutine[Any, Any, None]]
+Submit = tuple[str, str, bytes, int, float | None]  # id, task, payload, priority, not_before
 
 
 def _log_failed_write(write: asyncio.Future[None]) -> None:
@@ -49,7 +52,7 @@ def _log_failed_write(write: asyncio.Future[None]) -> None:
         log.warning("NATS: a write failed: %s", write.exception())
 
 
-async def _settle(report: Commit, submits: list[tuple[str, str, bytes]],
+async def _settle(report: Commit, submits: list[str],
                   publishes: list[Coroutine[Any, Any, bool]],
                   ops: list[Coroutine[Any, Any, None]]) -> None:
     """Wait (COMMIT_TIMEOUT at most) for a commit's writes; fill in what it found."""
@@ -57,7 +60,7 @@ async def _settle(report: Commit, submits: list[tuple[str, str, bytes]],
     others = [asyncio.ensure_future(op) for op in ops]
     if writes or others:
         await asyncio.wait([*writes, *others], timeout=COMMIT_TIMEOUT)
-    for (job_id, _, _), write in zip(submits, writes):
+    for job_id, write in zip(submits, writes):
         outcome = write.exception() if write.done() and not write.cancelled() \
             else TimeoutError()
         if outcome is None:
@@ -108,24 +111,25 @@ class _NotShared:
     def remove(self, job_ids: list[str]) -> None:
         raise StoreError(NATS_UPKEEP)
 
-    def scheduled(self) -> int:
-        return 0  # a delayed submit is refused on this backend
 
 
-class NatsStore(_NotShared):
+class NatsStore(_NotShared, Lookups):
     """A `JobStore` (supervisor.jobs.store) on NATS JetStream."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config,
+                 started: Callable[[str], int | None] = lambda job_id: None) -> None:
         s = config.queue.nats
+        self.started = started  # the slot running a job here now (read on the NATS thread)
         self.settings = s
         self.host = socket.gethostname()
         self.link = Link(s, f"docbrain {self.host} pid {os.getpid()}")
         self.layout = Layout(self.link, s, config.queue.result_ttl)
         self.feed = Feed(self.link, self.layout, s)
-        self._submits: list[tuple[str, str, bytes]] = []
+        self._submits: list[Submit] = []
         self._ops: list[Write] = []  # this pass's other writes
         self._ended: deque[str] = deque()  # ids whose end was stored (by any host)
         self._answers: deque[tuple[str, StoredJob | None]] = deque()  # what `look` found
+        self._gone: set[str] = set()  # pulled, not leased, and ended elsewhere: dropped
         self._delayed: list[float] = []    # when the retries this host gave back are due
         self._counts = {DONE: 0, FAILED: 0, DEAD: 0}  # ended here since start
         self.late_results = 0  # ends of jobs whose first end another run had stored
@@ -143,8 +147,9 @@ class NatsStore(_NotShared):
         await self.link.connect()
         await self.layout.ensure()
         await self.layout.watch_ends(self._on_end)
+        await self.link.nc.subscribe(self.layout.cancels, cb=self._on_cancel)
         self.problem = None
-        self.feed.start()
+        await self.feed.start()
         log.info("NATS: connected to %s; stream %s (%d replica%s)", self.link.server,
                  self.settings.stream, self.settings.replicas,
                  "" if self.settings.replicas == 1 else "s")
@@ -162,6 +167,17 @@ class NatsStore(_NotShared):
                 delay = min(delay * 2, 30.0)
                 log.debug("%s (next try in %g s)", exc, delay)
 
+    async def _on_cancel(self, msg: Any) -> None:
+        """A canceller asks which of its jobs run here (supervisor.jobs.natscancel)."""
+        try:
+            ids = json.loads(msg.data)["ids"]
+            running = {i: slot for i in ids if (slot := self.started(str(i))) is not None}
+        except (ValueError, TypeError, KeyError):
+            return
+        if running and msg.reply:
+            await self.link.nc.publish(msg.reply, json.dumps(
+                {"host": self.host, "running": running}).encode())
+
     async def _on_end(self, msg: Any) -> None:
         self._ended.append(key_job(msg.subject.rsplit(".", 1)[-1]))
         self.feed.wake()
@@ -170,20 +186,28 @@ class NatsStore(_NotShared):
 
     def submit(self, job_id: str, task: str, payload: bytes, now: float,
                priority: int = DEFAULT_PRIORITY, not_before: float | None = None) -> bool:
-        # Of the default priority, with no delay: the broker refuses others first.
-        self._submits.append((job_id, task, payload))
+        self._submits.append((job_id, task, payload, priority, not_before))
         return True  # a duplicate is known only at commit (`Commit.duplicates`)
 
     def top_priority(self) -> int | None:
-        return DEFAULT_PRIORITY if self.feed.arrived else None
+        return self.feed.top()
 
     def lease(self, count: int) -> list[QueuedJob]:
         jobs: list[QueuedJob] = []
-        arrived = self.feed.arrived
+        top = self.feed.top()
+        arrived = self.feed.arrived[top] if top is not None else deque()
         while arrived and len(jobs) < count:
             job, msg = arrived.popleft()
+            self.feed.arrived_ids.discard(job.id)
+            if job.id in self._gone:  # cancelled elsewhere after it was pulled
+                self._gone.discard(job.id)
+                self._ops.append(msg.ack)
+                continue
             self.feed.leased[job.id] = msg
             jobs.append(job)
+        # What a worker was handed is credit used: the pull loop must not take the jobs
+        # leased now for room to fill before this pass tells it the credit left (`want`).
+        self.feed.want = max(0, self.feed.want - len(jobs))
         return jobs
 
     def want(self, count: int) -> None:
@@ -195,6 +219,11 @@ class NatsStore(_NotShared):
             heapq.heappop(self._delayed)
             due += 1
         return due
+
+    def drop(self, job: QueuedJob) -> None:
+        msg = self.feed.leased.pop(job.id, None)
+        if msg is not None:
+            self._ops.append(msg.ack)  # its end is stored (its message deleted, likely)
 
     def requeue(self, jobs: list[QueuedJob]) -> None:
         for job in jobs:
@@ -229,7 +258,9 @@ class NatsStore(_NotShared):
         submitted = msg.metadata.timestamp.timestamp() if msg is not None else None
         record = {"id": job.id, "task": job.task, "state": state, "attempts": job.attempts,
                   "runs": job.runs, "submitted": submitted, "finished": now, "error": error,
-                  "host": self.host}
+                  "host": self.host, "priority": job.priority}
+        if state != DONE:  # kept, so that `docbrainctl retry` can run it again
+            record["payload"] = job.payload.decode()
         self._ops.append(partial(self._end, job, msg, record, result, set()))
 
     async def _end(self, job: QueuedJob, msg: Any, record: dict[str, Any],
@@ -238,17 +269,21 @@ class NatsStore(_NotShared):
         went through (an end stored by this very run is not a late one)."""
         key = job_key(job.id)
         if "end" not in done:
-            value = encode_record(record, result)
-            # A try that timed out may have stored it: then it is this run's, not late.
-            first = await self.layout.store_end(key, value) or \
-                await self.layout.end(key) == value
+            retry_of = (msg.headers or {}).get(RETRY_OF_HEADER) if msg is not None else None
+            value = await self.layout.store_end(key, record, result, retry_of)
+            if value is None:  # a try that timed out may have stored it: then it is this run's
+                stored = await self.layout.end(key)
+                mine = stored is not None and decode_record(stored)[0].get("finished") == \
+                    record["finished"] and decode_record(stored)[0].get("host") == self.host
+                value = stored if mine else None
+            first = value is not None
             if not first:
                 self.late_results += 1
                 log.info("job %s: a run elsewhere stored its end first; this one is dropped",
                          job.id)
             done.add("end")
             reply = (msg.headers or {}).get(REPLY_HEADER) if msg is not None else None
-            if first and reply:
+            if value is not None and reply:
                 await self.link.nc.publish(reply, value)  # no ack: the bucket has it
         if msg is not None:
             await msg.ack()
@@ -263,7 +298,7 @@ class NatsStore(_NotShared):
         ops, self._ops = self._ops, []
         if not submits and not ops:
             return Commit()
-        ids = [job_id for job_id, _, _ in submits]
+        ids = [job_id for job_id, *_ in submits]
         if self.problem is not None or not self.link.up.is_set():
             self._ops = ops  # given back, acknowledged and stored once it is back
             if self.problem is None and \
@@ -276,74 +311,38 @@ class NatsStore(_NotShared):
         self.link.run(self._commit(submits, ops, report))
         return report
 
-    async def _commit(self, submits: list[tuple[str, str, bytes]],
-                      ops: list[Write], report: Commit) -> Commit:
+    async def _commit(self, submits: list[Submit], ops: list[Write],
+                      report: Commit) -> Commit:
         try:
-            await _settle(report, submits, [self.layout.publish(*s) for s in submits],
+            await _settle(report, [s[0] for s in submits],
+                          [self.layout.publish(job_id, task, payload, None, priority, later)
+                           for job_id, task, payload, priority, later in submits],
                           [_write(op, self.feed) for op in ops])
+            levels = {s[3] for s in submits if s[0] not in report.refused}
+            for level in levels:
+                self.feed.note(level)  # this host pulls them at once
+            await self.layout.announce(levels)  # and so do the others
+        except Exception as exc:  # an announcement lost: the hosts' scan finds the jobs
+            log.debug("NATS: announce: %s", exc)
         finally:
             report.settled = True
             self.feed.wake()
         return report
-
-    def unfinished(self, job_id: str) -> bool:
-        """Only what this host holds: a job elsewhere is found by `get`."""
-        return job_id in self.feed.leased
-
-    def get(self, job_id: str) -> StoredJob | None:
-        return self._query(self.layout.get(job_key(job_id), job_id))
-
-    def recent(self, state: str | None, limit: int, task: str | None = None,
-               since: float | None = None) -> list[StoredJob]:
-        return matching(self._query(self.layout.recent(state, limit)) or [], task, since)
-
-    def _query(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        """For a request to the daemon: its loop waits, so not for long (docbrainctl reads
-        NATS itself, and waits longer)."""
-        if self.problem is not None:
-            coro.close()
-            raise NatsError(self.problem)
-        return self.link.call(coro, QUERY_TIMEOUT)
-
-    def look(self, job_id: str) -> None:
-        self.link.run(self._look(job_id))
-
-    async def _look(self, job_id: str) -> None:
-        """Read the job, trying again while NATS cannot answer (the clients wait)."""
-        delay = 0.5
-        while not self.feed.closing:
-            try:
-                found = await self.layout.get(job_key(job_id), job_id)
-            except Exception as exc:  # unreachable, electing a leader: any failure waits
-                log.debug("NATS: job %s not read (%s); again in %g s", job_id, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-                continue
-            self._answers.append((job_id, found))
-            self.feed.wake()
-            return
-
-    def answers(self) -> list[tuple[str, StoredJob | None]]:
-        found = []
-        while self._answers:
-            found.append(self._answers.popleft())
-        return found
-
-    def finished_elsewhere(self) -> list[str]:
-        ended = []
-        while self._ended:
-            ended.append(self._ended.popleft())
-        return ended
 
     def counts(self) -> dict[str, int]:
         return {PENDING: self.feed.stream_pending + self.feed.stream_running, RUNNING: 0,
                 **self._counts}
 
     def waiting(self) -> int:
-        return len(self.feed.arrived)
+        return self.feed.count()
 
     def delayed(self) -> int:
-        return len(self._delayed)
+        return len(self._delayed) + len(self.feed.deferred)
+
+    def scheduled(self) -> int:
+        """The delayed jobs this host gave back until their time (each host counts its
+        own: the stream does not tell a delayed job from a leased one)."""
+        return len(self.feed.deferred)
 
     def next_due(self) -> float | None:
         return None  # JetStream redelivers a retry when its delay is over
@@ -370,7 +369,8 @@ class NatsStore(_NotShared):
         self.feed.closing = True
         held = self.feed.held()
         self.feed.leased.clear()
-        self.feed.arrived.clear()
+        for jobs in self.feed.arrived.values():
+            jobs.clear()
         if held and self.link.up.is_set():
             try:
                 self.link.call(self._commit([], [m.nak for m in held], Commit()),

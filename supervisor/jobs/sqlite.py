@@ -139,6 +139,9 @@ class SqliteStore:
                 self.journal.lost(job.id, job.attempts, job.runs)
         self.requeue(jobs)
 
+    def drop(self, job: QueuedJob) -> None:
+        """Never called: no other process ends this journal's jobs."""
+
     def retry(self, job: QueuedJob, not_before: float, error: dict[str, Any] | None) -> None:
         self.journal.retry(job.id, job.attempts, job.runs, not_before, error)
         if not_before > time.time():

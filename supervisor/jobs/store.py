@@ -94,6 +94,10 @@ class JobStore(Protocol):
         """Jobs a gone worker held: back to the front, in order; the runs and attempts they
         lost (already counted on each job) are kept."""
 
+    def drop(self, job: QueuedJob) -> None:
+        """A leased job that ended elsewhere (cancelled by another process): forget it,
+        with no end of this host's. One host's journal never has one."""
+
     def retry(self, job: QueuedJob, not_before: float, error: dict[str, Any] | None) -> None:
         """The job's task raised and it runs again, not before `not_before` (wall clock);
         the error is kept for `docbrainctl job` to show why it waits."""

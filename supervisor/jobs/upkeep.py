@@ -17,8 +17,8 @@ from supervisor.proto.control import RequestError
 
 RETRYABLE = (FAILED, DEAD, CANCELLED)
 PURGEABLE = (PENDING, *FINAL_STATES)
-NATS_UPKEEP = ("retry and purge: not with the nats backend yet (its ended jobs expire after "
-               "queue.result_ttl); with [queue] backend = \"sqlite\" they work")
+NATS_UPKEEP = ("retry and purge on the nats backend are made by docbrainctl itself, not by a "
+               "daemon: run docbrainctl retry / purge")
 
 
 def to_retry(store: JobStore, held: HeldJobs, backend: str, job_ids: list[str],

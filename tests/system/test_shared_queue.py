@@ -5,116 +5,33 @@ the NATS servers are real ones (tests.nats_servers), started and ended by pid.""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from supervisor.client import Client, JobDead, SharedClient
 from tests.conftest import REPO, Instance, pid_gone, wait_for
+from tests.helpers_shared import done_count, hosts_running, make_hosts, no_daemon_client, runs_of
 from tests.nats_servers import NatsCluster, NatsNode, jetstream, run
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="POSIX signals, Linux /proc")
 
-TASKS = """\
-import os, time
-from workers import task
-
-@task("shared.slow")
-def slow(payload):
-    # Each run leaves a line, so that a test counts the runs of each job.
-    with open(payload["runs"], "a") as fh:
-        fh.write(f"{payload['n']} {os.getpid()}\\n")
-    time.sleep(payload.get("sleep", 0))
-    return {"n": payload["n"]}
-
-@task("shared.who")
-def who(payload):
-    with open(payload["runs"], "a") as fh:
-        fh.write(f"{payload['n']} {os.getpid()}\\n")
-    time.sleep(payload.get("sleep", 0))
-    return {"n": payload["n"], "pid": os.getpid()}
-
-@task("shared.crash")
-def crash(payload):
-    os._exit(3)  # the worker dies with the job, every time
-"""
-
-
-def _hosts(tmp_path: Path, url: str, count: int, extra: str = "",
-           workers: int = 2) -> list[Instance]:
-    """`count` hosts on the NATS server at `url` (`extra`: more [workers] settings)."""
-    hosts = []
-    for index in range(count):
-        root = tmp_path / f"host{index}"
-        root.mkdir()
-        host = Instance(root, root / "state")
-        host.write_task_module("sharedtasks", TASKS)
-        host.write_config(extra + f"""\
-            tasks = ["sharedtasks"]
-            [queue]
-            backend = "nats"
-            max_attempts = 2
-            [queue.nats]
-            servers = ["{url}"]
-            ack_wait = 3
-            """, workers=workers)
-        hosts.append(host)
-    return hosts
-
-
-@contextlib.contextmanager
-def _running(hosts: list[Instance], workers: int) -> Iterator[None]:
-    """The hosts' daemons started and their workers READY; all ended afterwards."""
-    try:
-        for host in hosts:
-            host.start_foreground()
-        for host in hosts:
-            host.wait_ready(workers)
-        yield
-    finally:
-        for host in hosts:
-            host.cleanup()
-
-
-def _no_daemon_client(tmp_path: Path, url: str) -> tuple[Instance, Client]:
-    """The client of a machine with no daemon (a third process, its own state_dir)."""
-    root = tmp_path / "client"
-    root.mkdir()
-    here = Instance(root, root / "state")
-    here.write_config(f'[queue]\nbackend = "nats"\n[queue.nats]\nservers = ["{url}"]\n')
-    return here, Client(str(here.config_path))
-
-
-def _done(host: Instance) -> int:
-    status = host.status()
-    return status["queue"]["done"] if status else 0
-
-
-def _runs(path: Path) -> Counter[int]:
-    if not path.exists():
-        return Counter()
-    return Counter(int(line.split()[0]) for line in path.read_text().splitlines() if line)
-
-
 def test_two_hosts_share_the_jobs_of_a_client_with_no_daemon(
         tmp_path: Path, nats_server: NatsNode) -> None:
-    hosts = _hosts(tmp_path, nats_server.url, 2)
-    with _running(hosts, 2):
-        _, client = _no_daemon_client(tmp_path, nats_server.url)
+    hosts = make_hosts(tmp_path, nats_server.url, 2)
+    with hosts_running(hosts, 2):
+        _, client = no_daemon_client(tmp_path, nats_server.url)
         with client:
             assert isinstance(client, SharedClient)
             results = list(client.map("echo", [{"n": n} for n in range(2000)], timeout=120))
         assert results == [{"n": n} for n in range(2000)]
-        done = [_done(host) for host in hosts]
+        done = [done_count(host) for host in hosts]
         assert sum(done) == 2000 and all(done), done  # every job once; each host ran some
         status = hosts[0].status()
         assert status["store"]["backend"] == "nats"
@@ -125,15 +42,15 @@ def test_two_hosts_share_the_jobs_of_a_client_with_no_daemon(
 
 def test_a_host_killed_with_its_workers_loses_no_job(tmp_path: Path,
                                                      nats_server: NatsNode) -> None:
-    hosts = _hosts(tmp_path, nats_server.url, 2, extra="credit = 2\n")
+    hosts = make_hosts(tmp_path, nats_server.url, 2, extra="credit = 2\n")
     runs = tmp_path / "runs"
-    with _running(hosts, 2):
+    with hosts_running(hosts, 2):
         doomed, survivor = hosts
-        _, client = _no_daemon_client(tmp_path, nats_server.url)
+        _, client = no_daemon_client(tmp_path, nats_server.url)
         with client:
             ids = client.submit_many_nowait(
                 "shared.slow", [{"n": n, "runs": str(runs), "sleep": 0.05} for n in range(200)])
-            wait_for(lambda: _done(doomed) >= 10, 60, "the doomed host to run some jobs")
+            wait_for(lambda: done_count(doomed) >= 10, 60, "the doomed host to run some jobs")
             pids = [doomed.daemon_pid(), *doomed.marked_pids()]
             for pid in pids:  # the whole host at once: daemon and workers
                 os.kill(pid, signal.SIGKILL)
@@ -141,21 +58,21 @@ def test_a_host_killed_with_its_workers_loses_no_job(tmp_path: Path,
                 wait_for(lambda: pid_gone(pid), 30, f"pid {pid} to go")
             results = [client.result(job_id, timeout=120) for job_id in ids]
         assert results == [{"n": n} for n in range(200)]
-        counted = _runs(runs)
+        counted = runs_of(runs)
         assert set(counted) == set(range(200))
         again = sum(c - 1 for c in counted.values())
         # Only the jobs the dead host held can have run twice: 2 workers x credit 2.
         assert again <= 4, counted.most_common(5)
-        assert _done(survivor) >= 100  # the doomed host had run about 10 when it died
+        assert done_count(survivor) >= 100  # the doomed host had run about 10 when it died
 
 
 def test_a_frozen_host_loses_its_jobs_to_the_others_and_rejoins(
         tmp_path: Path, nats_server: NatsNode) -> None:
-    hosts = _hosts(tmp_path, nats_server.url, 2, extra="credit = 1\n")
+    hosts = make_hosts(tmp_path, nats_server.url, 2, extra="credit = 1\n")
     runs = tmp_path / "runs"
-    with _running(hosts, 2):
+    with hosts_running(hosts, 2):
         frozen, other = hosts
-        _, client = _no_daemon_client(tmp_path, nats_server.url)
+        _, client = no_daemon_client(tmp_path, nats_server.url)
         with client:
             # The first 4 (one per worker: credit 1) run long enough that the jobs the
             # host is seen running are still running when it is frozen, however slowly
@@ -186,24 +103,24 @@ def test_a_frozen_host_loses_its_jobs_to_the_others_and_rejoins(
             for job_id in held:  # the first result stays
                 assert client.result(job_id, timeout=30) == results[job_id]
             frozen.wait_ready(2)
-            before = _done(frozen)
+            before = done_count(frozen)
             more = client.submit_many_nowait(
                 "shared.who", [{"n": n, "runs": str(runs), "sleep": 0.2} for n in range(40)])
             assert [client.result(i, timeout=120)["n"] for i in more] == list(range(40))
-        assert _done(frozen) > before, "the host that was frozen serves again"
+        assert done_count(frozen) > before, "the host that was frozen serves again"
         assert frozen.status()["workers"][0]["state"] in ("READY", "BUSY")
 
 
 def test_a_nats_node_killed_loses_no_job_with_3_replicas(
         tmp_path: Path, nats_cluster: NatsCluster) -> None:
     urls = ", ".join(f'"{u}"' for u in nats_cluster.urls)
-    hosts = _hosts(tmp_path, nats_cluster.urls[0], 2)
+    hosts = make_hosts(tmp_path, nats_cluster.urls[0], 2)
     for host in hosts:
         text = host.config_path.read_text()
         host.config_path.write_text(text.replace(f'servers = ["{nats_cluster.urls[0]}"]',
                                                  f"servers = [{urls}]\nreplicas = 3"))
     runs = tmp_path / "runs"
-    with _running(hosts, 2):
+    with hosts_running(hosts, 2):
         root = tmp_path / "client"
         root.mkdir()
         here = Instance(root, root / "state")
@@ -212,12 +129,12 @@ def test_a_nats_node_killed_loses_no_job_with_3_replicas(
         with Client(str(here.config_path)) as client:
             ids = client.submit_many_nowait(
                 "shared.slow", [{"n": n, "runs": str(runs), "sleep": 0.01} for n in range(300)])
-            wait_for(lambda: sum(map(_done, hosts)) >= 50, 60, "50 jobs done")
+            wait_for(lambda: sum(map(done_count, hosts)) >= 50, 60, "50 jobs done")
             leader = nats_cluster.stream_leader("DOCBRAIN") or nats_cluster.nodes[0]
             leader.kill()
             results = [client.result(job_id, timeout=180) for job_id in ids]
         assert results == [{"n": n} for n in range(300)]  # 0 lost
-        assert set(_runs(runs)) == set(range(300))
+        assert set(runs_of(runs)) == set(range(300))
         for host in hosts:
             status = host.status()
             assert status is not None and all(w["restarts"] == 0 for w in status["workers"])
@@ -225,16 +142,16 @@ def test_a_nats_node_killed_loses_no_job_with_3_replicas(
 
 def test_nats_stopped_for_seconds_loses_nothing_and_restarts_nothing(
         tmp_path: Path, nats_server: NatsNode) -> None:
-    hosts = _hosts(tmp_path, nats_server.url, 2)
+    hosts = make_hosts(tmp_path, nats_server.url, 2)
     runs = tmp_path / "runs"
-    with _running(hosts, 2):
+    with hosts_running(hosts, 2):
         daemons = [host.daemon_pid() for host in hosts]
         workers = [sorted(host.marked_pids()) for host in hosts]
-        _, client = _no_daemon_client(tmp_path, nats_server.url)
+        _, client = no_daemon_client(tmp_path, nats_server.url)
         with client:
             ids = client.submit_many_nowait(
                 "shared.slow", [{"n": n, "runs": str(runs), "sleep": 0.02} for n in range(500)])
-            wait_for(lambda: sum(map(_done, hosts)) >= 50, 60, "50 jobs done")
+            wait_for(lambda: sum(map(done_count, hosts)) >= 50, 60, "50 jobs done")
             nats_server.stop()
             wait_for(lambda: all(h.status()["store"]["server"] is None for h in hosts), 30,
                      "the hosts to see NATS gone")
@@ -254,7 +171,7 @@ def test_nats_stopped_for_seconds_loses_nothing_and_restarts_nothing(
         assert results == [{"n": n} for n in range(500)]
         assert [host.daemon_pid() for host in hosts] == daemons  # never restarted
         assert [sorted(host.marked_pids()) for host in hosts] == workers
-        assert set(_runs(runs)) == set(range(500))
+        assert set(runs_of(runs)) == set(range(500))
         # Both hosts reconnect; the results may all have come through the first to do so.
         wait_for(lambda: all("NATS: connected again" in h.log_text for h in hosts), 60,
                  "both hosts to reconnect")
@@ -265,16 +182,16 @@ def test_a_frozen_nats_server_never_stalls_the_daemon(tmp_path: Path,
     """SIGSTOP of the server: the connection stays open and each write waits for its
     timeout (5 s). The daemon's loop must not wait with it: its workers (silent limit 2 s
     here) would take it for dead and exit."""
-    hosts = _hosts(tmp_path, nats_server.url, 1)
+    hosts = make_hosts(tmp_path, nats_server.url, 1)
     runs = tmp_path / "runs"
-    with _running(hosts, 2):
+    with hosts_running(hosts, 2):
         host = hosts[0]
         workers = sorted(host.marked_pids())
-        _, client = _no_daemon_client(tmp_path, nats_server.url)
+        _, client = no_daemon_client(tmp_path, nats_server.url)
         with client:
             ids = client.submit_many_nowait(
                 "shared.slow", [{"n": n, "runs": str(runs), "sleep": 0.02} for n in range(300)])
-            wait_for(lambda: _done(host) >= 30, 60, "30 jobs done")
+            wait_for(lambda: done_count(host) >= 30, 60, "30 jobs done")
             nats_server.pause()
             try:
                 frozen = time.monotonic()
@@ -287,13 +204,13 @@ def test_a_frozen_nats_server_never_stalls_the_daemon(tmp_path: Path,
         assert sorted(host.marked_pids()) == workers
         status = host.status()
         assert status is not None and all(w["restarts"] == 0 for w in status["workers"])
-        assert set(_runs(runs)) == set(range(300))
+        assert set(runs_of(runs)) == set(range(300))
 
 
 def test_a_job_that_kills_its_workers_is_dead_on_every_host(tmp_path: Path,
                                                             nats_server: NatsNode) -> None:
-    hosts = _hosts(tmp_path, nats_server.url, 2, workers=1)
-    with _running(hosts, 1):
+    hosts = make_hosts(tmp_path, nats_server.url, 2, workers=1)
+    with hosts_running(hosts, 1):
         with Client(str(hosts[0].config_path)) as client:  # through the daemon here
             poison = client.submit("shared.crash", {})
             with pytest.raises(JobDead) as dead:
@@ -313,7 +230,7 @@ def test_a_job_that_kills_its_workers_is_dead_on_every_host(tmp_path: Path,
 
 def test_messages_that_are_no_job_are_dropped_and_counted(tmp_path: Path,
                                                           nats_server: NatsNode) -> None:
-    host = _hosts(tmp_path, nats_server.url, 1, workers=1)[0]
+    host = make_hosts(tmp_path, nats_server.url, 1, workers=1)[0]
     try:
         host.start_foreground()
         host.wait_ready(1)
@@ -355,7 +272,9 @@ def test_the_sqlite_default_needs_no_nats(tmp_path: Path) -> None:
     config.write_text(f'[supervisor]\nstate_dir = "{tmp_path / "state"}"\n')
     code = ("import sys; from supervisor.conf.config import load_config; "
             "from supervisor.jobs.broker import open_store; import supervisor.client; "
-            f"s = open_store(load_config({str(config)!r}), {str(tmp_path / 'j.sqlite')!r}); "
+            "from supervisor.jobs.held import HeldJobs; "
+            f"s = open_store(load_config({str(config)!r}), {str(tmp_path / 'j.sqlite')!r}, "
+            "HeldJobs(3)); "
             "print(type(s).__name__, 'nats' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=REPO, timeout=60)

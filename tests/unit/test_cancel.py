@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 from helpers_queue import make_broker, numbered
 
 from supervisor.jobs.broker import Broker
-from supervisor.jobs.cancel import NATS_CANCEL, Cancels
-from supervisor.jobs.held import HeldJobs
-from supervisor.jobs.journal import CANCELLED, DONE
+from supervisor.jobs.cancel import Cancels
+from supervisor.jobs.held import HeldJobs, QueuedJob
+from supervisor.jobs.journal import CANCELLED, DONE, StoredJob
 from supervisor.jobs.sqlite import SqliteStore
+from supervisor.jobs.store import JobStore
 from supervisor.proto import wire
 from supervisor.proto.control import RequestError
 
@@ -113,11 +115,49 @@ def test_unknown_and_ended_jobs_are_refused_by_name(tmp_path: Path) -> None:
         broker.close()
 
 
-def test_the_nats_backend_refuses_a_cancel_with_why(tmp_path: Path) -> None:
+def test_the_daemon_leaves_a_nats_cancel_to_the_canceller(tmp_path: Path) -> None:
     store = SqliteStore(str(tmp_path / "j.db"))
     try:
-        with pytest.raises(RequestError, match="nats backend cannot"):
+        with pytest.raises(RequestError, match="made by the canceller itself"):
             Cancels().plan(store, HeldJobs(3), "nats", ["x"], terminate=False)
-        assert "sqlite" in NATS_CANCEL
     finally:
         store.close()
+
+
+class _Dropped:
+    """The part of a shared store that a cancel elsewhere touches."""
+
+    def __init__(self) -> None:
+        self.dropped: list[str] = []
+
+    def drop(self, job: QueuedJob) -> None:
+        self.dropped.append(job.id)
+
+
+def _cancelled(terminate: bool) -> StoredJob:
+    return StoredJob(id="x", task="t", payload=b"", state=CANCELLED, attempts=0, runs=0,
+                     submitted=0.0, finished=1.0, result=None,
+                     error={"reason": "cancelled", "terminate": terminate})
+
+
+def test_a_job_cancelled_elsewhere_is_asked_back_or_its_worker_stopped() -> None:
+    held, cancels, store = HeldJobs(3), Cancels(), _Dropped()
+    held.hold(0, [QueuedJob("run", "t", b"null"), QueuedJob("wait", "t", b"null")])
+    held.hold(1, [QueuedJob("other", "t", b"null")])
+    held.start(0, ["run"], 1.0)
+    held.start(1, ["other"], 1.0)
+    assert held.started_slot("run") == 0 and held.started_slot("wait") is None
+    sent: Sent = []
+    # Not started: held no more, asked back from its worker at the next pass.
+    cancels.ended_elsewhere(cast(JobStore, store), held, "wait", _cancelled(False))
+    cancels.send([(0, b"w0"), (1, b"w1")], lambda r, m: sent.append((r, m)))
+    assert sent == [(b"w0", wire.Revoke(ids=["wait"]))] and "wait" not in held.running
+    # Running, and the cancel said terminate: its worker is to be stopped.
+    cancels.ended_elsewhere(cast(JobStore, store), held, "run", _cancelled(True))
+    assert cancels.take_stops() == [(0, "job run cancelled with terminate")]
+    # Running, without terminate (its host did not answer the canceller): it runs on,
+    # held no more, so that its result is dropped.
+    cancels.ended_elsewhere(cast(JobStore, store), held, "other", _cancelled(False))
+    assert store.dropped == ["wait", "run", "other"] and not held.running
+    cancels.ended_elsewhere(cast(JobStore, store), held, "gone", _cancelled(True))
+    assert cancels.take_stops() == [] and store.dropped == ["wait", "run", "other"]

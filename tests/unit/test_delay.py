@@ -12,8 +12,8 @@ import pytest
 from helpers_queue import make_broker
 
 from supervisor.client.checks import start_time
-from supervisor.conf.config import load_config
-from supervisor.jobs.checks import NATS_DELAY, priority_problem
+from supervisor.jobs.checks import priority_problem
+from supervisor.jobs.jetstream import NOT_BEFORE_HEADER, not_before_of
 from supervisor.jobs.sqlite import SqliteStore
 
 
@@ -68,9 +68,16 @@ def test_start_times_and_their_refusals() -> None:
             start_time(delay, eta)
 
 
-def test_the_nats_backend_refuses_a_delay(tmp_path: Path) -> None:
-    path = tmp_path / "docbrain.toml"
-    path.write_text('[queue]\nbackend = "nats"\n[queue.nats]\nservers = ["nats://h:4222"]\n')
-    config = load_config(str(path))
-    assert priority_problem(config, 5, None) is None
-    assert priority_problem(config, 5, time.time() + 5) == NATS_DELAY
+def test_a_start_time_must_be_finite_and_travels_in_a_header_on_nats() -> None:
+    assert priority_problem(5, None) is None
+    assert priority_problem(5, time.time() + 5) is None
+    assert "finite" in (priority_problem(5, float("inf")) or "")
+
+    class Msg:
+        def __init__(self, headers: dict[str, str] | None) -> None:
+            self.headers = headers
+
+    later = time.time() + 3600.25
+    assert not_before_of(Msg({NOT_BEFORE_HEADER: repr(later)})) == later
+    assert not_before_of(Msg(None)) is None and not_before_of(Msg({})) is None
+    assert not_before_of(Msg({NOT_BEFORE_HEADER: "soon"})) is None  # not ours: runs now

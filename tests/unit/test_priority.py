@@ -7,14 +7,18 @@ tests/system/test_priority.py.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import pytest
 from helpers_queue import make_broker, numbered
 
 from supervisor.client.checks import check_priority
-from supervisor.conf.config import load_config
-from supervisor.jobs.checks import NATS_PRIORITY, priority_problem
+from supervisor.jobs.checks import priority_problem
+from supervisor.conf.settings import NatsSettings
 from supervisor.jobs.held import HeldJobs, QueuedJob
+from supervisor.jobs.jetstream import LEVELS, Layout, job_key, level_of
+from supervisor.jobs.natsfeed import Feed
+from supervisor.jobs.natslink import Link
 from supervisor.jobs.sqlite import SqliteStore
 from supervisor.proto import wire
 from workers.channel import Mailbox, PendingJob
@@ -152,15 +156,35 @@ def test_a_priority_that_is_not_one_is_refused_with_its_reason(bad: object,
                                                                tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="priority must be an integer 0-9"):
         check_priority(bad)
-    config = load_config(None)
-    assert priority_problem(config, bad) == wire.priority_problem(bad)
-    assert priority_problem(config, 9) is None and priority_problem(config, 0) is None
+    assert priority_problem(bad) == wire.priority_problem(bad)
+    assert priority_problem(9) is None and priority_problem(0) is None
 
 
-def test_the_nats_backend_refuses_other_priorities_with_why(tmp_path: Path) -> None:
-    path = tmp_path / "docbrain.toml"
-    path.write_text('[queue]\nbackend = "nats"\n[queue.nats]\nservers = ["nats://h:4222"]\n')
-    config = load_config(str(path))
-    assert priority_problem(config, wire.DEFAULT_PRIORITY) is None
-    assert priority_problem(config, 9) == NATS_PRIORITY
-    assert "sqlite" in NATS_PRIORITY
+def test_each_priority_has_its_subject_on_nats_and_the_default_keeps_the_old_one() -> None:
+    settings = NatsSettings(servers=("nats://h:4222",), stream="DB")
+    layout = Layout(cast(Link, None), settings, 60.0)
+    assert layout.subject_of("abc") == "DB.job.abc"  # as before priorities: old jobs run
+    for level in LEVELS:
+        for key in ("abc", "9", "p9", job_key("a.b c")):
+            subject = layout.subject_of(key, level)
+            assert level_of(subject) == level, subject
+            assert subject.rsplit(".", 1)[-1] == key
+            assert subject.count(".") == (2 if level == wire.DEFAULT_PRIORITY else 3)
+    assert LEVELS[0] == wire.MAX_PRIORITY and LEVELS[-1] == wire.MIN_PRIORITY
+
+
+def test_a_host_pulls_a_higher_priority_though_lower_ones_fill_its_credit() -> None:
+    settings = NatsSettings(servers=("nats://h:4222",), stream="DB")
+    feed = Feed(cast(Link, None), Layout(cast(Link, None), settings, 60.0), settings)
+    try:
+        feed.want = 4
+        feed.arrived[1].extend((QueuedJob(f"b{n}", "t", b"null", priority=1), None)
+                               for n in range(4))
+        assert feed._room(1) == 0 and feed._room(0) == 0  # no more bulk
+        assert feed._room(9) == 4  # but a question is pulled
+        feed.arrived[9].append((QueuedJob("q", "t", b"null", priority=9), None))
+        assert feed.top() == 9 and feed._room(9) == 3 and feed._room(5) == 3
+        assert feed.count() == 5
+    finally:
+        feed.close()
+
