@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from supervisor.conf.settings import Config
-from supervisor.jobs.jetstream import stream_problems
+from supervisor.jobs.jetstream import LEVELS, stream_problems
 from supervisor.doctor.verdict import Status, Verdict
 from supervisor.jobs.natslink import Link, NatsError, describe_servers
+from supervisor.proto.wire import DEFAULT_PRIORITY
 
 READ_TIMEOUT = 10.0  # seconds for the reads after the connection
 
@@ -45,13 +46,20 @@ async def _read(link: Link, config: Config) -> SharedQueue:
             for r in info.cluster.replicas or []]}
     stream = {"replicas": info.config.num_replicas, "messages": info.state.messages,
               "problems": stream_problems(s.stream, info.config, s)}
-    try:
-        c = await link.js.consumer_info(s.stream, f"{s.stream}_workers")
-    except NotFoundError:
-        consumer = None
-    else:
-        consumer = {"ack_wait": c.config.ack_wait, "waiting": c.num_pending,
-                    "leased": c.num_ack_pending, "redelivered": c.num_redelivered}
+    infos = {}  # a consumer per priority (supervisor.jobs.jetstream)
+    for level in LEVELS:
+        durable = f"{s.stream}_workers" + ("" if level == DEFAULT_PRIORITY else f"_p{level}")
+        try:
+            infos[level] = await link.js.consumer_info(s.stream, durable)
+        except NotFoundError:
+            continue
+    consumer = None
+    if infos:
+        first = infos.get(DEFAULT_PRIORITY) or next(iter(infos.values()))
+        consumer = {"ack_wait": first.config.ack_wait,
+                    "waiting": sum(c.num_pending or 0 for c in infos.values()),
+                    "leased": sum(c.num_ack_pending or 0 for c in infos.values()),
+                    "redelivered": sum(c.num_redelivered or 0 for c in infos.values())}
     return SharedQueue(found.servers, server=found.server, stream=stream, consumer=consumer,
                        cluster=cluster)
 

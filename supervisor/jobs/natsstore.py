@@ -54,12 +54,22 @@ def _log_failed_write(write: asyncio.Future[None]) -> None:
 
 async def _settle(report: Commit, submits: list[str],
                   publishes: list[Coroutine[Any, Any, bool]],
-                  ops: list[Coroutine[Any, Any, None]]) -> None:
-    """Wait (COMMIT_TIMEOUT at most) for a commit's writes; fill in what it found."""
+                  ops: list[Coroutine[Any, Any, None]],
+                  stored: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Wait (COMMIT_TIMEOUT at most) for a commit's writes; fill in what it found. Once
+    the submits are stored, `stored` tells the hosts (before the ends of the same pass
+    are: a question is pulled at once, not after the bulk's writes)."""
     writes = [asyncio.ensure_future(p) for p in publishes]
     others = [asyncio.ensure_future(op) for op in ops]
-    if writes or others:
-        await asyncio.wait([*writes, *others], timeout=COMMIT_TIMEOUT)
+    deadline = asyncio.get_running_loop().time() + COMMIT_TIMEOUT
+    if writes:
+        await asyncio.wait(writes, timeout=COMMIT_TIMEOUT)
+        try:
+            await stored()
+        except Exception as exc:  # an announcement lost: the hosts' scan finds the jobs
+            log.debug("NATS: announce: %s", exc)
+    if others:
+        await asyncio.wait(others, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
     for job_id, write in zip(submits, writes):
         outcome = write.exception() if write.done() and not write.cancelled() \
             else TimeoutError()
@@ -313,17 +323,17 @@ class NatsStore(_NotShared, Lookups):
 
     async def _commit(self, submits: list[Submit], ops: list[Write],
                       report: Commit) -> Commit:
+        async def stored() -> None:
+            levels = {s[3] for s in submits}
+            for level in levels:
+                self.feed.note(level)  # this host pulls them at once
+            await self.layout.announce(levels)  # and so do the others
+
         try:
             await _settle(report, [s[0] for s in submits],
                           [self.layout.publish(job_id, task, payload, None, priority, later)
                            for job_id, task, payload, priority, later in submits],
-                          [_write(op, self.feed) for op in ops])
-            levels = {s[3] for s in submits if s[0] not in report.refused}
-            for level in levels:
-                self.feed.note(level)  # this host pulls them at once
-            await self.layout.announce(levels)  # and so do the others
-        except Exception as exc:  # an announcement lost: the hosts' scan finds the jobs
-            log.debug("NATS: announce: %s", exc)
+                          [_write(op, self.feed) for op in ops], stored)
         finally:
             report.settled = True
             self.feed.wake()
