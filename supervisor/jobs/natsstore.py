@@ -106,8 +106,10 @@ async def _write(op: Write, feed: Feed) -> None:
 
 
 class _NotShared:
-    """What a JobStore does that the shared queue cannot do yet: refused (the broker
-    refuses these requests first, with the same line)."""
+    """What a JobStore does that the shared queue leaves to other processes: a cancel is
+    made by the canceller (supervisor.jobs.natscancel), a retry or a purge by docbrainctl
+    (supervisor.jobs.natsupkeep), not by a daemon; refused here (the broker refuses these
+    requests first, with the same line)."""
 
     def take(self, job_id: str) -> QueuedJob | None:
         raise StoreError(NATS_CANCEL)
@@ -120,7 +122,6 @@ class _NotShared:
 
     def remove(self, job_ids: list[str]) -> None:
         raise StoreError(NATS_UPKEEP)
-
 
 
 class NatsStore(_NotShared, Lookups):
