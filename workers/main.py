@@ -296,6 +296,23 @@ def _failure(job_id: str, exc: BaseException, seconds: float) -> Outcome:
         seconds)
 
 
+def run_when_told(conn: Any, daemon_pid: int) -> None:
+    """Process target of a worker spawned ahead (Spawner.prestart): imports what every
+    worker of a model needs while the daemon loads the models, then runs the spec it is
+    sent. The end of the pipe instead: not needed after all, exits 0."""
+    _die_with_parent(daemon_pid)
+    import torch  # noqa: F401  (the slow part: 1-2 s)
+
+    import workers.torchform  # noqa: F401
+    try:
+        spec = conn.recv()
+    except EOFError:
+        sys.exit(0)
+    finally:
+        conn.close()
+    run(spec)
+
+
 def run(spec: WorkerSpec) -> None:
     """Process target: never returns normally; the exit code tells the daemon how it went."""
     _die_with_parent(spec.daemon_pid)

@@ -261,6 +261,7 @@ class MetricsSettings:
 
 
 MODEL_KINDS = ("sentence-embedding",)
+MODEL_RUNTIMES = ("torch", "transformers")
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,11 @@ class ModelSettings:
         at_least(0))
     batch_tokens: int = _setting(
         8192, "Token budget of one forward pass when jobs are batched.", at_least(1))
+    runtime: str = _setting(
+        "torch", "What workers run the model with: torch (torch and tokenizers alone: no "
+        "transformers import in a worker, less memory, faster start; a model it cannot take "
+        "runs with transformers, with a log line) or transformers (each worker imports it).",
+        one_of(*MODEL_RUNTIMES))
     max_texts: int = _setting(
         1000, "Most texts in one embed job; a job with more is rejected at submit. Its "
         "result must fit in 64 MiB of JSON, which is checked when the model loads.",

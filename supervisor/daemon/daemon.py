@@ -123,6 +123,11 @@ class Daemon:
         except MetricsError as exc:
             log.error("startup failed: %s", exc)
             return 1
+        self.spawner = Spawner(self.paths.state_dir)
+        models = self.config.models.values()
+        if models and all(m.runtime == "torch" for m in models):
+            # Workers of the torch form need only torch: they import it meanwhile.
+            self.spawner.prestart(self.config.workers.count, self.pid)
         try:
             self.models = preload(self.config.models)                # (3)
         except ModelLoadError as exc:
@@ -134,7 +139,7 @@ class Daemon:
             log.error("startup failed: %s", exc)
             return 1
         self.pool = WorkerPool(self.config, self.paths.endpoint("workers"), self.pid,
-                               Spawner(self.paths.state_dir), self._send_to_worker,
+                               self.spawner, self._send_to_worker,
                                self.broker, self.models)
         self._hook_metrics()
         self.pool.start_all(time.monotonic())                        # (4)
@@ -295,6 +300,9 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.stop()
         self.notifier.close()
+        spawner = getattr(self, "spawner", None)
+        if spawner is not None:
+            spawner.discard_prestarted()
         pool = getattr(self, "pool", None)
         if pool is not None and not pool.all_exited():
             pool.kill_all()

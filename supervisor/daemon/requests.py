@@ -35,6 +35,7 @@ class RequestHost(Protocol):
     config: Config
     paths: StatePaths
     guards: dict[str, str]
+    models: dict[str, Any]
     frames_dropped: int
     pool: WorkerPool
     broker: Broker
@@ -189,6 +190,8 @@ class ControlRequests:
                 "workers_target": self.d.pool.target,
                 "reload": self.d.reloader.status(),
                 "metrics_port": self.d.metrics.port if self.d.metrics else None,
+                "models": {name: {"dim": m.dim, "max_tokens": m.max_tokens, "form": m.form,
+                                  "note": m.note} for name, m in self.d.models.items()},
             },
             "queue": self.d.broker.status(),
             "store": self.d.broker.store.status(),

@@ -268,7 +268,10 @@ def check_models(f: Facts) -> Verdict:
         if files.problem is not None:
             parts.append(f"{name}: {files.problem}")
         elif "dim" in loaded:
-            parts.append(f"{name}: dim {loaded['dim']}, loaded in {loaded['load_s']:.1f} s")
+            form = ("workers run it with torch alone" if loaded.get("form") == "torch" else
+                    f"workers run it with transformers ({loaded.get('note') or 'runtime'})")
+            parts.append(f"{name}: dim {loaded['dim']}, loaded in {loaded['load_s']:.1f} s, "
+                         f"{form}")
             continue
         elif "error" in loaded:
             parts.append(f"{name}: {loaded['error']}")

@@ -32,7 +32,8 @@ def probe_main(supervisor_dir: str | None, request: str) -> None:
             started = time.perf_counter()
             try:
                 encoder = preload({name: ModelSettings(**settings)})[name]
-                out["models"][name] = {"dim": encoder.dim,
+                out["models"][name] = {"dim": encoder.dim, "form": encoder.form,
+                                       "note": encoder.note,
                                        "load_s": time.perf_counter() - started}
             except Exception as exc:
                 out["models"][name] = {"error": _one_line(exc)}

