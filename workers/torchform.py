@@ -14,6 +14,7 @@ exactly as transformers does; the daemon then hands workers the transformers for
 
 from __future__ import annotations
 
+import ctypes
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -218,7 +219,8 @@ class TorchEncoder(Encoder):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        text = self._tokenizer_json.numpy().tobytes().decode()
+        data = self._tokenizer_json
+        text = ctypes.string_at(data.data_ptr(), data.numel()).decode()
         self.tokenizer = tokenizers.Tokenizer.from_str(text)
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_tokens)
