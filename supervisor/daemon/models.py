@@ -77,8 +77,10 @@ def _worker_form(name: str, encoder: Any) -> Any:
         if not agree >= FORMS_AGREE:
             raise UnsupportedModel(f"its vectors differ from transformers' (cosine {agree:.6f})")
         return light
-    except UnsupportedModel as exc:
-        encoder.note = f"the torch form does not take it: {exc}"
+    except Exception as exc:  # UnsupportedModel, or whatever else it raised: never fatal
+        reason = str(exc) if isinstance(exc, UnsupportedModel) else \
+            f"{type(exc).__name__}: {exc}"
+        encoder.note = f"the torch form does not take it: {reason}"
         log.warning("model %s: workers run it with transformers (they import it, about 2 s "
                     "and 110 MiB more each): %s", name, encoder.note)
         return encoder

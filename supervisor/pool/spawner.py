@@ -188,17 +188,22 @@ class Spawner:
                 theirs.close()
             self._warm.append((process, ours, read_fd))
 
-    def discard_prestarted(self) -> None:
-        """The prestarted interpreters not used: told to go (end of their pipe), reaped."""
-        for process, conn, read_fd in self._warm:
+    def discard_prestarted(self) -> list[int | None]:
+        """The prestarted interpreters not used: told to go (the end of their pipe: they
+        exit 0 once they have imported torch), killed after 5 s, reaped; their exit codes."""
+        for _, conn, read_fd in self._warm:
             conn.close()
             os.close(read_fd)
+        codes = []
+        for process, _, _ in self._warm:
             process.join(5)
             if process.exitcode is None:
                 process.kill()
                 process.join()
+            codes.append(process.exitcode)
             process.close()
         self._warm.clear()
+        return codes
 
     def spawn(self, spec: WorkerSpec) -> WorkerProcess:
         while self._warm:

@@ -109,6 +109,20 @@ def test_a_model_the_torch_form_cannot_take_runs_with_transformers(
     assert _worst_cosine(encoder.encode(texts), reference) >= 0.9999
 
 
+def test_a_torch_form_that_fails_its_probe_is_not_fatal(
+        models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.torchform import CompactEncoder
+
+    def broken(self: CompactEncoder, *args: object) -> None:
+        raise RuntimeError("shapes do not match")
+
+    monkeypatch.setattr(CompactEncoder, "forward", broken)
+    encoder = preload({"tiny": ModelSettings(path=str(models["bert"]))})["tiny"]
+    assert encoder.form == "transformers"
+    assert encoder.note == "the torch form does not take it: RuntimeError: shapes do not match"
+    assert len(encoder.encode(["still encodes"])[0]) == 32
+
+
 def test_runtime_transformers_keeps_the_transformers_form(models: dict[str, Path]) -> None:
     encoder = preload({"tiny": ModelSettings(path=str(models["bert"]),
                                              runtime="transformers")})["tiny"]
