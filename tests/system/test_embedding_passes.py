@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from workers.embedding import plan_passes  # noqa: E402
+from workers.encoder import plan_passes  # noqa: E402
 
 
 def test_every_text_once_and_passes_within_budget_and_padding() -> None:
