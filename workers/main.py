@@ -6,7 +6,6 @@ so nothing here may depend on module-level state of the daemon.
 
 from __future__ import annotations
 
-import atexit
 import ctypes
 import logging
 import os
@@ -327,12 +326,5 @@ def run(spec: WorkerSpec) -> None:
         code = worker.run()
     finally:
         worker.close()
-    # Leave without tearing the interpreter down: with torch loaded that takes 0.5 s here,
-    # during which the slot waits for this process to end (a reload's spare, a recycled
-    # worker's replacement, `stop`). What an exit runs that matters is run first: the
-    # atexit handlers (task modules' own, multiprocessing's), logging's flush.
-    atexit._run_exitfuncs()
-    logging.shutdown()
-    sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
+    sys.exit(code)

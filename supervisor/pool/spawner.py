@@ -15,8 +15,8 @@ import os
 import signal
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
 from multiprocessing import resource_tracker
+from typing import Any
 
 import psutil
 
@@ -210,7 +210,7 @@ class Spawner:
             process, conn, read_fd = self._warm.pop(0)
             try:
                 conn.send(spec)
-            except OSError as exc:  # it died: its stderr says why
+            except OSError as exc:  # it died before its spec came
                 log.warning("prestarted worker pid %s gone (%s); spawning another",
                             process.pid, exc)
                 os.close(read_fd)
