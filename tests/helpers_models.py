@@ -122,3 +122,41 @@ def with_pooling(model: Path, pooling: str, into: Path) -> Path:
                "pooling_mode_cls_token"] = mode == pooling
     (into / "1_Pooling" / "config.json").write_text(json.dumps(config))
     return into
+
+
+def build_cross(kind: str, into: Path, activation: str | None = None, labels: int = 1,
+                size: dict[str, Any] | None = None) -> Path:
+    """A tiny random cross-encoder (transformers ForSequenceClassification, one label) of
+    `kind` (bert, roberta, distilbert) in `into`, as CrossEncoder.save_pretrained lays one
+    out; `activation` ("torch.nn.modules.linear.Identity") is its saved activation_fn;
+    `size` replaces TINY's dimensions (a bert)."""
+    import torch
+    import transformers as tf
+
+    into.mkdir(parents=True)
+    torch.manual_seed(1)
+    if kind in ("bert", "distilbert"):
+        _minilm_tokenizer(into, token_type_ids=True)
+        if kind == "bert":
+            config: Any = tf.BertConfig(vocab_size=30522, max_position_embeddings=512,
+                                        num_labels=labels, **(size or TINY))
+        else:
+            config = tf.DistilBertConfig(vocab_size=30522, dim=32, n_layers=2, n_heads=4,
+                                         hidden_dim=64, num_labels=1)
+    else:
+        vocab = _trained_tokenizer(into, byte_level=True, max_length=64)
+        config = tf.RobertaConfig(vocab_size=vocab, max_position_embeddings=66, pad_token_id=1,
+                                  bos_token_id=0, eos_token_id=2, type_vocab_size=1,
+                                  num_labels=1, **TINY)
+    if activation:
+        config.sentence_transformers = {"activation_fn": activation}
+    tf.AutoModelForSequenceClassification.from_config(config).save_pretrained(str(into))
+    return into
+
+
+def write_environ(path: str, names: list[str]) -> None:
+    """A spawned process's target: writes the named variables of its environment."""
+    import os
+
+    with open(path, "w") as fh:
+        json.dump({name: os.environ.get(name) for name in names}, fh)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from supervisor.proto.embed import embed_request
-from workers.models import model
+from supervisor.proto.embed import embed_request, rerank_request
+from workers.models import model_of_kind
 from workers.tasks import task
 
 
@@ -31,7 +31,7 @@ def embed(payloads: list[Any]) -> list[Any]:
     for i, payload in enumerate(payloads):
         try:
             name, texts = embed_request(payload)
-            encoder = model(name)
+            encoder = model_of_kind("sentence-embedding", name)
         except (ValueError, LookupError) as exc:
             results[i] = exc
             continue
@@ -46,3 +46,14 @@ def embed(payloads: list[Any]) -> list[Any]:
                           "embeddings": vectors[start:start + len(texts)]}
             start += len(texts)
     return results
+
+
+@task("rerank")
+def rerank(payload: Any) -> Any:
+    """{"query": str, "documents": [str, ...], "model": NAME} -> {"model", "scores",
+    "order"}: each document's score against the query (a cross-encoder reads them together)
+    in input order, and the documents' indexes best first."""
+    name, query, documents = rerank_request(payload)
+    scorer = model_of_kind("cross-encoder", name)
+    scores, order = scorer.rank(query, documents)
+    return {"model": scorer.name, "scores": scores, "order": order}

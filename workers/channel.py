@@ -11,6 +11,7 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import zmq
@@ -143,7 +144,7 @@ def serve(ctx: zmq.Context, endpoint: str, routing_id: bytes,
 
 
 def heartbeats(ctx: zmq.Context, endpoint: str, routing_id: bytes, interval: float,
-                stop: threading.Event) -> None:
+                stop: threading.Event, gpu_memory: Callable[[], int] | None = None) -> None:
     """A thread of its own, so that a worker busy with a long job still shows it is alive;
     a stopped (SIGSTOP) or wedged process falls silent and is replaced."""
     sock = ctx.socket(zmq.DEALER)
@@ -153,6 +154,8 @@ def heartbeats(ctx: zmq.Context, endpoint: str, routing_id: bytes, interval: flo
     beat = wire.encode(wire.Heartbeat())
     try:
         while True:
+            if gpu_memory is not None:  # a GPU worker says what it holds there
+                beat = wire.encode(wire.Heartbeat(gpu_memory=gpu_memory()))
             sock.send_multipart(beat)
             if stop.wait(interval):
                 return

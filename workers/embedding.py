@@ -26,9 +26,11 @@ class TransformersEncoder(Encoder):
 
     form = "transformers"
 
-    def __init__(self, name: str, path: str, max_tokens: int, batch_tokens: int) -> None:
+    def __init__(self, name: str, path: str, max_tokens: int, batch_tokens: int,
+                 dtype: torch.dtype = torch.float32) -> None:
         self.name, self.path, self.batch_tokens = name, path, batch_tokens
-        self.module = transformers.AutoModel.from_pretrained(path, local_files_only=True)
+        self.module = transformers.AutoModel.from_pretrained(path, local_files_only=True,
+                                                             dtype=dtype)
         self.module.eval()
         self.tokenizer = self._load_tokenizer()
         config = self.module.config

@@ -45,6 +45,7 @@ class Encoder:
 
     form = ""
     note = ""  # why a model runs in this form, when it is not the one asked for
+    device = "cpu"  # where its forward passes run (to_device, in a worker)
     name: str
     path: str
     module: Any  # a torch.nn.Module
@@ -65,6 +66,13 @@ class Encoder:
         """The model's last hidden state of a padded batch."""
         raise NotImplementedError
 
+    def to_device(self, device: str) -> None:
+        """Run on `device` from now on: a GPU worker's own copy of the weights there (on
+        the CPU the module stays the daemon's shared memory)."""
+        if device != self.device:
+            self.module.to(device)
+            self.device = device
+
     def token_counts(self, texts: list[str]) -> list[int]:
         return [len(ids) for ids in self.token_ids(texts)]
 
@@ -79,7 +87,7 @@ class Encoder:
         return ids, mask
 
     def _forward(self, rows: list[list[int]]) -> torch.Tensor:
-        input_ids, attention_mask = self._pad(rows)
+        input_ids, attention_mask = (t.to(self.device) for t in self._pad(rows))
         hidden = self._hidden(input_ids, attention_mask)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         if self.pooling == "cls":
@@ -88,7 +96,7 @@ class Encoder:
             pooled = hidden.masked_fill(mask == 0, -1e9).max(dim=1).values
         else:
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
+        return torch.nn.functional.normalize(pooled.float(), p=2, dim=1).cpu()
 
     def encode(self, texts: list[str]) -> list[list[float]]:
         """Normalised embeddings, in input order; forward passes up to batch_tokens each,

@@ -110,18 +110,19 @@ class Worker:
             import torch
 
             torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-            models.attach(spec.models)
         try:
+            models.attach(spec.models, spec.model_kinds, spec.devices)
             self.tasks = import_task_modules(spec.tasks, spec.module_path)
             self._batching = {name for name, t in self.tasks.items() if t.batch}
-        except TaskModuleError as exc:
+        except (models.PlacementError, TaskModuleError) as exc:
             traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
             print(LOAD_FAILED_MARK + str(exc), file=sys.stderr, flush=True)
             return LOAD_FAILED
         threading.Thread(target=heartbeats, name="heartbeats", daemon=True, args=(
             self.ctx, spec.endpoint, self.routing_id + b":hb", spec.heartbeat_interval,
-            self._stop_beats)).start()
-        ready = wire.Ready(tasks={name: t.info() for name, t in self.tasks.items()})
+            self._stop_beats, models.gpu_memory())).start()
+        ready = wire.Ready(tasks={name: t.info() for name, t in self.tasks.items()},
+                           devices=models.devices())
         self.send_ready(ready)
         poller = zmq.Poller()
         poller.register(self.pipe, zmq.POLLIN)
@@ -316,6 +317,7 @@ def run_when_told(conn: Any, daemon_pid: int) -> None:
 def run(spec: WorkerSpec) -> None:
     """Process target: never returns normally; the exit code tells the daemon how it went."""
     _die_with_parent(spec.daemon_pid)
+    os.environ.update(spec.env)  # set at spawn already; a prestarted one gets them here
     os.environ[SLOT_ENV] = str(spec.slot)
     logging.basicConfig(
         level=spec.log_level.upper(), stream=sys.stderr,

@@ -126,16 +126,21 @@ class CompactEncoder(torch.nn.Module):
         self.hidden = int(self.embeddings.get("word_embeddings_weight").shape[1])
         self._act = ACTIVATIONS[arch.activation]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         arch, emb, width = self.arch, self.embeddings, (self.hidden,)
         if arch.padding_idx is None:
-            positions = torch.arange(input_ids.shape[1]).unsqueeze(0)
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
         else:
             real = input_ids.ne(arch.padding_idx).int()
             positions = (torch.cumsum(real, dim=1) * real).long() + arch.padding_idx
         x = F.embedding(input_ids, emb.get("word_embeddings_weight"))
-        if hasattr(emb, "token_type_embeddings_weight"):  # single texts: type 0 throughout
+        if not hasattr(emb, "token_type_embeddings_weight"):
+            pass
+        elif token_type_ids is None:  # single texts: type 0 throughout
             x = x + emb.get("token_type_embeddings_weight")[0]
+        else:  # pairs: the second text's tokens are of type 1
+            x = x + F.embedding(token_type_ids, emb.get("token_type_embeddings_weight"))
         x = x + F.embedding(positions, emb.get("position_embeddings_weight"))
         x = F.layer_norm(x, width, emb.get("LayerNorm_weight"), emb.get("LayerNorm_bias"),
                          arch.eps)
@@ -191,7 +196,42 @@ def lowercase_first(tokenizer: tokenizers.Tokenizer) -> None:
     tokenizer.normalizer = tokenizers.normalizers.Sequence(steps)
 
 
-class TorchEncoder(Encoder):
+def shared_json(tokenizer: tokenizers.Tokenizer) -> torch.Tensor:
+    """A tokenizer's JSON in a shared uint8 tensor: it travels to a worker as a file
+    descriptor, as the weights do. In the pickle itself (0.7 MiB for MiniLM's) it would fill
+    the spawn pipe, and the daemon would wait for each worker to import torch in turn."""
+    data = bytearray(tokenizer.to_str().encode())
+    return torch.frombuffer(data, dtype=torch.uint8).share_memory_()
+
+
+def from_shared_json(data: torch.Tensor) -> tokenizers.Tokenizer:
+    text = ctypes.string_at(data.data_ptr(), data.numel()).decode()
+    return tokenizers.Tokenizer.from_str(text)
+
+
+class SharedTokenizer:
+    """Pickles its `tokenizer` (a tokenizers.Tokenizer) as its JSON in a shared tensor (see
+    shared_json); `configure_tokenizer` sets its padding and truncation again after."""
+
+    tokenizer: tokenizers.Tokenizer
+
+    def configure_tokenizer(self) -> None:
+        raise NotImplementedError
+
+    def __getstate__(self) -> dict[str, Any]:
+        if getattr(self, "_tokenizer_json", None) is None:
+            self._tokenizer_json = shared_json(self.tokenizer)
+        state = dict(self.__dict__)
+        state["tokenizer"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.tokenizer = from_shared_json(self._tokenizer_json)
+        self.configure_tokenizer()
+
+
+class TorchEncoder(SharedTokenizer, Encoder):
     """The worker's encoder: the compact module and a `tokenizers.Tokenizer`."""
 
     form = "torch"
@@ -203,25 +243,9 @@ class TorchEncoder(Encoder):
         self.tokenizer = tokenizer
         self.dim, self.max_tokens, self.batch_tokens = module.hidden, max_tokens, batch_tokens
         self.pooling, self.pad_id, self.pad_left = pooling, pad_id, pad_left
-        tokenizer.no_padding()
-        tokenizer.enable_truncation(max_tokens)
+        self.configure_tokenizer()
 
-    def __getstate__(self) -> dict[str, Any]:
-        # The tokenizer travels as its JSON in a shared tensor, as the weights do: passed as
-        # a file descriptor. In the pickle itself (0.7 MiB for MiniLM's) it would fill the
-        # spawn pipe, and the daemon would wait for each worker to import torch in turn.
-        if getattr(self, "_tokenizer_json", None) is None:
-            data = bytearray(self.tokenizer.to_str().encode())
-            self._tokenizer_json = torch.frombuffer(data, dtype=torch.uint8).share_memory_()
-        state = dict(self.__dict__)
-        state["tokenizer"] = None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        data = self._tokenizer_json
-        text = ctypes.string_at(data.data_ptr(), data.numel()).decode()
-        self.tokenizer = tokenizers.Tokenizer.from_str(text)
+    def configure_tokenizer(self) -> None:
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_tokens)
 

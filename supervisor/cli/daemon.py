@@ -16,7 +16,7 @@ from supervisor.cli import render
 from supervisor.cli.common import (POLL, WORKERS, CliExit, _call, _config, _not_running, _paths,
                                    _running, fail)
 from supervisor.conf import envguard
-from supervisor.conf.config import render_example
+from supervisor.conf.example import render_example
 from supervisor.conf.settings import Config, help_of
 from supervisor.proto import control
 from supervisor.proto.paths import StatePaths

@@ -18,7 +18,8 @@ from typing import IO
 import click
 
 from supervisor.cli.common import CliExit, _config, _paths, fail
-from supervisor.doctor.checks import Status, Verdict, run_checks
+from supervisor.doctor.checks import Status, Verdict
+from supervisor.doctor.every import run_checks
 from supervisor.doctor.facts import gather
 
 FOLLOW_POLL = 0.2  # seconds between looks at the log file while following

@@ -95,6 +95,12 @@ def status(data: dict[str, Any]) -> str:
         if w["state"] == "FATAL" and w["reason"]:
             lines += textwrap.wrap(f"slot {w['slot']} is FATAL: {w['reason']}", WIDTH,
                                    subsequent_indent="  ")
+    for w in [w for w in workers if set((w.get("devices") or {}).values()) - {"cpu"}]:  # where each model runs, and what its GPU holds
+        placed = ", ".join(f"{name} on {d}" for name, d in sorted(w["devices"].items()))
+        held = w.get("gpu_memory_bytes")
+        lines.append(clip(f"slot {w['slot']}: {placed}"
+                          f"{'' if w.get('gpu') is None else ' (GPU ' + str(w['gpu']) + ')'}"
+                          f"{'' if held is None else ', ' + size(held) + ' held on the GPU'}"))
     standby = sup.get("standby")
     if standby:
         lines.append(f"standby: pid {standby['pid']} "

@@ -44,6 +44,36 @@ def one_of(*choices: str) -> Check:
     return lambda v: None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
 
 
+_USER_KIND = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def model_kind(*built_in: str) -> Check:
+    """A model's kind: one built in, or a user's "package.module:Class"."""
+    return lambda v: None if v in built_in or _USER_KIND.match(v) else (
+        f"must be {', '.join(built_in)} or MODULE:CLASS of a kind of your own, got {v!r}")
+
+
+_DEVICE = re.compile(r"^(cpu|cuda|cuda:\d{1,3}|mps|auto)$")
+
+
+def device_name(value: str) -> str | None:
+    if _DEVICE.match(value):
+        return None
+    return f"must be cpu, cuda, cuda:N, mps or auto, got {value!r}"
+
+
+def gpu_list(value: Any) -> str | None:
+    """[workers] gpus: "all", or distinct GPU indexes (none: not spread)."""
+    if isinstance(value, str):
+        return None if value == "all" else f"must be \"all\" or a list of GPU indexes, " \
+            f"got {value!r}"
+    if any(i < 0 for i in value):
+        return f"GPU indexes must not be negative, got {list(value)}"
+    if len(set(value)) != len(value):
+        return f"lists a GPU twice: {list(value)}"
+    return None
+
+
 def listen_address(value: str) -> str | None:
     if value == "localhost":
         return None

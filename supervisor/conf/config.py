@@ -10,15 +10,15 @@ import dataclasses
 import difflib
 import os
 import re
-import textwrap
 import tomllib
+import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from supervisor.conf.settings import (DEFAULT_MODELS, FORBIDDEN_ENV, SECTIONS, TABLES, Between,
+from supervisor.conf.settings import (DEFAULT_MODELS, FORBIDDEN_ENV, SECTIONS, TABLES,
                                       Config, ModelSettings, NatsSettings, settings_of,
                                       subtables)
 from supervisor.proto.marker import MARKER_ENV, SLOT_ENV
@@ -56,16 +56,39 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         return float(value)
     if kind is str and isinstance(value, str):
         return value
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # gpus: "all" or [0, 1]
+        options = typing.get_args(kind)
+        for option in options:
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: expected {' or '.join(map(_kind_name, options))}, "
+                          f"got {_type_name(value)}")
     if typing.get_origin(kind) is tuple:
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        item = typing.get_args(kind)[0]
+        if isinstance(value, list) and all(isinstance(v, item) and not isinstance(v, bool)
+                                           for v in value):
             return tuple(value)
-        raise ConfigError(f"{where}: expected a list of strings, got {_type_name(value)}")
+        raise ConfigError(f"{where}: expected {_kind_name(kind)}, got {_type_name(value)}")
     expected = {int: "an integer", float: "a number", str: "a string", bool: "a boolean"}[kind]
     raise ConfigError(f"{where}: expected {expected}, got {_type_name(value)}")
 
 
+def _kind_name(kind: Any) -> str:
+    if typing.get_origin(kind) is tuple:
+        return f"a list of {'integers' if typing.get_args(kind)[0] is int else 'strings'}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "a boolean"}[kind]
+
+
 def _parse_env_value(text: str, kind: Any, where: str) -> Any:
     """Turn an environment variable's text into a value of the field's type."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # gpus: all, 0,1 or [0,1]
+        ints = tuple[int, ...] in typing.get_args(kind)
+        parts = [p.strip() for p in text.strip("[] ").split(",") if p.strip()]
+        if ints and all(p.isdigit() for p in parts):
+            return tuple(int(p) for p in parts)
+        return text
     try:
         if kind is int:
             return int(text)
@@ -88,7 +111,10 @@ def _parse_env_value(text: str, kind: Any, where: str) -> Any:
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"{where}: not a TOML list: {exc}") from None
             return _coerce(value, kind, where)
-        return tuple(part.strip() for part in text.split(",") if part.strip())
+        items: list[Any] = [part.strip() for part in text.split(",") if part.strip()]
+        if typing.get_args(kind)[0] is int:
+            items = [int(p) if p.isdigit() else p for p in items]
+        return _coerce(items, kind, where)
     return text
 
 
@@ -321,72 +347,3 @@ def _models(table: Any) -> dict[str, ModelSettings]:
             raise ConfigError(f"{where}: set exactly one of path and package")
         models[name] = model
     return models
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _render_table(name: str, cls: type, lines: list[str]) -> None:
-    """[name], each setting's help and default, then its own tables ([name.KEY])."""
-    lines.append(f"[{name}]")
-    defaults = cls()
-    for f in settings_of(cls):
-        text = str(f.metadata["help"])
-        check = f.metadata["check"]
-        if isinstance(check, Between):
-            text += f" From {check.low} to {check.high}."
-        lines += textwrap.wrap(text, 88, initial_indent="# ", subsequent_indent="# ",
-                           break_on_hyphens=False)
-        lines.append(f"{f.name} = {_toml_value(getattr(defaults, f.name))}")
-    lines.append("")
-    for f in dataclasses.fields(cls):
-        if f.metadata.get("table"):
-            lines += textwrap.wrap(str(f.metadata["help"]), 88, initial_indent="# ",
-                                   subsequent_indent="# ")
-            _render_table(f"{name}.{f.name}", f.metadata["table"], lines)
-
-
-def render_example(guard_defaults: Mapping[str, str]) -> str:
-    """The example configuration file: every key, its default and its help text."""
-    lines = [
-        "# DocBrain supervisor configuration (generated by `docbrainctl config --example`).",
-        "# Every key is optional; the values below are the defaults.",
-        "# Precedence: defaults < this file < DOCBRAIN_<SECTION>_<KEY> variables < CLI flags.",
-        "# The variable of a key of a table in a section, [section.table], is",
-        "# DOCBRAIN_<SECTION>_<TABLE>_<KEY>: DOCBRAIN_QUEUE_NATS_SERVERS for [queue.nats] servers.",
-        "",
-    ]
-    for section, cls in SECTIONS.items():
-        _render_table(section, cls, lines)
-    lines += [
-        "# Models, loaded once by the daemon before any worker starts and shared with the",
-        "# workers. Without a [models] table: the built-in default below. An empty [models]",
-        "# table: no model.",
-    ]
-    for name, model in DEFAULT_MODELS.items():
-        lines.append(f"[models.{name}]")
-        for f in dataclasses.fields(ModelSettings):
-            lines += textwrap.wrap(str(f.metadata["help"]), 88, initial_indent="# ",
-                                   subsequent_indent="# ")
-            value = getattr(model, f.name)
-            line = f"{f.name} = {_toml_value(value)}"
-            lines.append(line if value != getattr(ModelSettings(), f.name) or f.name == "kind"
-                         else "# " + line)
-        lines.append("")
-    lines += [
-        "[env]",
-        "# Environment guards, set in the daemon and every worker before torch is imported.",
-        "# Uncomment to override one; any other variable may be added too. The thread budget",
-        "# (OMP_NUM_THREADS, MKL_NUM_THREADS) defaults to max(1, cores // workers.count).",
-    ]
-    for name, value in guard_defaults.items():
-        shown = '"<cores // workers.count>"' if name in THREAD_VARS else _toml_value(value)
-        lines.append(f"# {name} = {shown}")
-    return "\n".join(lines) + "\n"

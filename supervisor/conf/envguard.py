@@ -25,14 +25,17 @@ def thread_budget(cores: int, workers: int) -> int:
     return max(1, cores // max(1, workers))
 
 
-def guard_defaults(cores: int, workers: int) -> dict[str, str]:
+def guard_defaults(cores: int, workers: int, cuda: bool = False,
+                   mps: bool = False) -> dict[str, str]:
+    """The guards; `cuda` or `mps` when a model asks for that device: its variable is then
+    left as the environment has it (each GPU worker gets its own CUDA_VISIBLE_DEVICES)."""
     threads = str(thread_budget(cores, workers))
     return {
         # The MPS watchdog thread is what trips over a fork on macOS.
         "PYTORCH_MPS_ENABLE_WORKSTREAM_WATCHDOG": "0",
         # CPU mode: the default on macOS, and no CUDA context that a child could not use.
-        "MPS_VISIBLE_DEVICES": "",
-        "CUDA_VISIBLE_DEVICES": "",
+        **({} if mps else {"MPS_VISIBLE_DEVICES": ""}),
+        **({} if cuda else {"CUDA_VISIBLE_DEVICES": ""}),
         "PYTORCH_ENABLE_MPS_FALLBACK": "1",
         # The tokenizers' Rust thread pool warns and can deadlock across process starts.
         "TOKENIZERS_PARALLELISM": "false",
@@ -49,7 +52,9 @@ def guard_defaults(cores: int, workers: int) -> dict[str, str]:
 def guards(config: Config, cores: int | None = None) -> dict[str, str]:
     """The variables in force: the defaults, then [env] (which may add more)."""
     cores = usable_cores() if cores is None else cores
-    return {**guard_defaults(cores, config.workers.count), **config.env}
+    devices = {m.device for m in config.models.values()}
+    cuda = any(d.startswith("cuda") or d == "auto" for d in devices)
+    return {**guard_defaults(cores, config.workers.count, cuda, "mps" in devices), **config.env}
 
 
 def apply(values: Mapping[str, str], environ: MutableMapping[str, str] | None = None) -> None:

@@ -16,9 +16,9 @@ from typing import Any
 
 # The checks and the masks of secrets are supervisor.conf.checks's; Between, bounds_of's
 # kind of check, and redacted_url, for the code that logs a server's URL, are here too.
-from supervisor.conf.checks import (Between, Check, above, at_least, listen_address, masked,
-                                    nats_table, one_of, redacted_url, redacted_urls,
-                                    server_urls, stream_name)
+from supervisor.conf.checks import (Between, Check, above, at_least, device_name, gpu_list,
+                                    listen_address, masked, model_kind, nats_table, one_of,
+                                    redacted_url, redacted_urls, server_urls, stream_name)
 
 
 def _setting(default: Any, help: str, check: Check | None = None,
@@ -125,6 +125,11 @@ class WorkersSettings:
         16, "Jobs a worker may hold at once (the one it runs and those queued behind it). "
         "Jobs held by a worker that dies are requeued.", at_least(1)
     )
+    gpus: str | tuple[int, ...] = _setting(
+        (), "GPUs the workers of a model with device cuda or auto are spread over: \"all\" "
+        "(every CUDA device the daemon sees) or their indexes, [0, 1]; worker slot i sees "
+        "GPU gpus[i % len] alone (CUDA_VISIBLE_DEVICES), as cuda:0. Empty: every worker "
+        "sees the GPUs the daemon's environment shows.", gpu_list)
     low_priority_batch: int = _setting(
         2, "Jobs of a priority below the default (0-4) a worker is handed at a time, so "
         "that a higher-priority job waits behind a short batch; those jobs also leave one "
@@ -260,8 +265,10 @@ class MetricsSettings:
     )
 
 
-MODEL_KINDS = ("sentence-embedding",)
+MODEL_KINDS = ("sentence-embedding", "cross-encoder")  # built in (workers.kinds.KINDS)
 MODEL_RUNTIMES = ("torch", "transformers")
+MODEL_DTYPES = ("float32", "float16", "bfloat16")
+
 
 
 @dataclass(frozen=True)
@@ -269,7 +276,11 @@ class ModelSettings:
     """One [models.NAME] table."""
     path: str = _setting("", "A Hugging Face / sentence-transformers model directory.")
     package: str = _setting("", "Or: an installed Python package that ships the model directory.")
-    kind: str = _setting("sentence-embedding", "What the model does.", one_of(*MODEL_KINDS))
+    kind: str = _setting(
+        "sentence-embedding", "What the model is: sentence-embedding (the embed task), "
+        "cross-encoder (one score per query and document: the rerank task), or a kind of "
+        "your own, \"package.module:Class\" (see README, Model kinds).",
+        model_kind(*MODEL_KINDS))
     max_tokens: int = _setting(
         0, "Longest input in tokens; longer texts are truncated. 0: the model's own limit.",
         at_least(0))
@@ -280,8 +291,16 @@ class ModelSettings:
         "transformers import in a worker, less memory, faster start; a model it cannot take "
         "runs with transformers, with a log line) or transformers (each worker imports it).",
         one_of(*MODEL_RUNTIMES))
+    device: str = _setting(
+        "cpu", "Where workers run it: cpu, cuda (each worker's GPU: see [workers] gpus), "
+        "cuda:N, mps (macOS, opt-in, untested here) or auto (cuda when the daemon sees a CUDA "
+        "device, else cpu). The daemon loads and checks it on the CPU and never initialises "
+        "CUDA; each GPU worker copies the weights to its GPU once.", device_name)
+    dtype: str = _setting(
+        "float32", "Precision of the weights: float32, float16 or bfloat16, as loaded in "
+        "the daemon (one shared copy) and on each GPU.", one_of(*MODEL_DTYPES))
     max_texts: int = _setting(
-        1000, "Most texts in one embed job; a job with more is rejected at submit. Its "
+        1000, "Most texts in one embed job, or documents in one rerank job; a job with more is rejected at submit. Its "
         "result must fit in 64 MiB of JSON, which is checked when the model loads.",
         at_least(1))
 

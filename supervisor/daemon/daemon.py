@@ -30,7 +30,8 @@ from supervisor.daemon.signals import Signals
 from supervisor.daemon.requests import ControlRequests
 from supervisor.jobs.broker import Broker
 from supervisor.jobs.store import StoreError
-from supervisor.pool import stale
+from supervisor.pool import gpus, stale
+from supervisor.pool.gpus import DeviceError
 from supervisor.pool.lifecycle import SERVING_STATES, Event
 from supervisor.pool.pool import WorkerPool
 from supervisor.pool.slot import WorkerSlot
@@ -120,27 +121,21 @@ class Daemon:
                  " ".join(f"{k}={v!r}" for k, v in sorted(self.guards.items())))
         try:
             self._serve_metrics(self.config.metrics)
-        except MetricsError as exc:
-            log.error("startup failed: %s", exc)
-            return 1
-        self.spawner = Spawner(self.paths.state_dir)
-        models = self.config.models.values()
-        if models and all(m.runtime == "torch" for m in models):
-            # Workers of the torch form need only torch: they import it meanwhile.
-            self.spawner.prestart(self.config.workers.count, self.pid)
-        try:
-            self.models = preload(self.config.models)                # (3)
-        except ModelLoadError as exc:
-            log.error("startup failed: %s", exc)
-            return 1
-        try:
+            placement = gpus.plan(self.config.models, self.config.workers.gpus, os.environ)
+            self.spawner = Spawner(self.paths.state_dir)
+            models = self.config.models.values()
+            if models and all(m.runtime == "torch" for m in models) and not placement.gpus:
+                # Workers of the torch form need only torch: they import it meanwhile.
+                self.spawner.prestart(self.config.workers.count, self.pid)
+            self.models = preload(self.config.models, self.config.module_path())  # (3)
             self._open_sockets()
-        except StoreError as exc:
+        except (MetricsError, DeviceError, ModelLoadError, StoreError) as exc:
             log.error("startup failed: %s", exc)
             return 1
         self.pool = WorkerPool(self.config, self.paths.endpoint("workers"), self.pid,
                                self.spawner, self._send_to_worker,
                                self.broker, self.models)
+        self.pool.placement = placement
         self._hook_metrics()
         self.pool.start_all(time.monotonic())                        # (4)
         self.state = "running"

@@ -15,7 +15,7 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
@@ -94,6 +94,10 @@ class Metrics:
         self.shared_jobs = Gauge(
             "docbrain_shared_jobs", "Jobs of the queue shared by every host (NATS): waiting "
             "for a host, leased to one.", ["state"], registry=reg)
+        self.gpu_memory = Gauge(
+            "docbrain_worker_gpu_memory_bytes", "GPU memory torch holds in each worker that "
+            "runs a model on a GPU, by slot and GPU (its CUDA_VISIBLE_DEVICES).",
+            ["slot", "gpu"], registry=reg)
         info = Gauge("docbrain_info", "The daemon's version (the value is always 1).",
                      ["version"], registry=reg)
         info.labels(version=version).set(1)
@@ -120,6 +124,13 @@ class Metrics:
             raise ValueError(f"unknown worker states: {', '.join(sorted(unknown))}")
         for name in WORKER_STATES:
             self.workers.labels(state=name).set(counts.get(name, 0))
+
+    def set_gpu_memory(self, workers: Iterable[tuple[int, str | None, int | None]]) -> None:
+        """(slot, its GPU, bytes) of each worker; those that report no GPU memory have none."""
+        self.gpu_memory.clear()
+        for slot, gpu, held in workers:
+            if held is not None:
+                self.gpu_memory.labels(slot=str(slot), gpu=gpu or "").set(held)
 
     def restarted(self, reason: str) -> None:
         """One worker process replaced; a reason outside RESTART_REASONS counts as other."""

@@ -128,6 +128,12 @@ class Reloader:
                 (new.queue.backend == "nats" or old.queue.backend == "nats"):
             raise self._refuse(why, "queue.backend and [queue.nats] cannot change while "
                                     "running; use docbrainctl restart")
+        moved = sorted(n for n, m in new.models.items()
+                       if m.device != (old.models[n].device if n in old.models else "cpu"))
+        if moved or new.workers.gpus != old.workers.gpus:
+            what = f"the device of model {', '.join(moved)}" if moved else "workers.gpus"
+            raise self._refuse(why, f"{what} cannot change while running; use docbrainctl "
+                                    "restart")
         if new.metrics != old.metrics:
             try:
                 self.d.switch_metrics(new.metrics)
@@ -150,7 +156,7 @@ class Reloader:
         if wanted:
             self.state = "loading"
             self._executor = self._executor or ThreadPoolExecutor(1, "reload-models")
-            self._loading = self._executor.submit(preload, wanted)
+            self._loading = self._executor.submit(preload, wanted, new.module_path())
         else:
             self._commit({})
         return self.status()

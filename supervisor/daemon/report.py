@@ -53,6 +53,8 @@ class Reporter:
                 d.notifier.status(d.status_line())
             if d.metrics is not None:
                 d.metrics.set_workers(Counter(s.state.state.name for s in d.pool.slots))
+                d.metrics.set_gpu_memory((s.index, d.pool.placement.gpu_of(s.index),
+                                          s.gpu_memory) for s in d.pool.slots)
                 queue = d.broker.status()
                 d.metrics.set_jobs(queue, queue_depth=queue["pending"])
                 d.metrics.set_store(d.broker.store.status())

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from supervisor import __version__
 from supervisor.conf.settings import MAX_WORKERS, Config
 from supervisor.daemon.metrics import Metrics
+from supervisor.daemon.models import model_facts
 from supervisor.daemon.reload import Reloader, ReloadError
 from supervisor.jobs import query
 from supervisor.jobs.broker import Broker
@@ -190,8 +191,7 @@ class ControlRequests:
                 "workers_target": self.d.pool.target,
                 "reload": self.d.reloader.status(),
                 "metrics_port": self.d.metrics.port if self.d.metrics else None,
-                "models": {name: {"dim": m.dim, "max_tokens": m.max_tokens, "form": m.form,
-                                  "note": m.note} for name, m in self.d.models.items()},
+                "models": model_facts(self.d.config.models, self.d.models),
             },
             "queue": self.d.broker.status(),
             "store": self.d.broker.store.status(),

@@ -12,7 +12,7 @@ import os
 import shutil
 import stat
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +58,8 @@ class Probe:
     torch_import_s: float | None = None
     torch_error: str | None = None
     models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # dim, load_s | error
+    cuda: list[Mapping[str, Any]] | None = None  # GPUs it sees with the guards (devices.py)
+    nvml: list[Mapping[str, Any]] | None = None  # all the machine's (nvidia-ml-py, if any)
     error: str | None = None  # the probe itself did not run to its end
 
 
@@ -366,31 +368,3 @@ def check_control(f: Facts) -> Verdict:
 
 def check_queue(f: Facts) -> Verdict:
     return judge(f.config, f.shared_queue)
-
-
-Check = Callable[[Facts], Verdict]
-CHECKS: tuple[tuple[str, Check], ...] = (
-    ("daemon", check_daemon),
-    ("instances", check_instances),
-    ("orphans", check_orphans),
-    ("celery", check_celery),
-    ("guards", check_guards),
-    ("start-method", check_start_method),
-    ("torch", check_torch),
-    ("models", check_models),
-    ("state-dir", check_state_dir),
-    ("import-name", check_import_name),
-    ("control", check_control),
-    ("queue", check_queue),
-)
-
-
-def run_checks(facts: Facts) -> list[tuple[str, Verdict]]:
-    results = []
-    for name, check in CHECKS:
-        try:
-            results.append((name, check(facts)))
-        except Exception as exc:  # one broken check must not hide the others' answers
-            results.append((name, Verdict(Status.FAIL, f"the check itself failed: "
-                                          f"{type(exc).__name__}: {exc}", "report this bug")))
-    return results

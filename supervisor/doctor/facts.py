@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 
-from supervisor.conf.settings import Config, ModelSettings
+from supervisor.conf.settings import MODEL_KINDS, Config, ModelSettings
 from supervisor.daemon.models import ModelLoadError, model_dir
 from supervisor.doctor.checks import (OUR_PACKAGE, PROBE_MARK, TOKENIZER_FILES, Facts, ModelFiles,
                                       Probe, ProcessInfo)
@@ -167,13 +167,15 @@ def missing_model_files(path: str) -> list[str]:
 
 def model_files(settings: ModelSettings) -> ModelFiles:
     try:
-        path = model_dir(settings)
+        path = model_dir(settings, needs_config=settings.kind in MODEL_KINDS)
     except ModelLoadError as exc:
         if not settings.path:
             return ModelFiles(None, str(exc))  # the package is not installed, or ships none
         path = os.path.abspath(os.path.expanduser(settings.path))
         if not os.path.isdir(path):
             return ModelFiles(path, f"{path} is not a directory")
+    if settings.kind not in MODEL_KINDS:  # a user's kind: its own files, its own check
+        return ModelFiles(path)
     try:
         missing = missing_model_files(path)
     except OSError as exc:

@@ -9,7 +9,7 @@ from typing import Any
 
 from supervisor.conf.settings import Config, QueueSettings
 from supervisor.proto import wire
-from supervisor.proto.embed import embed_request
+from supervisor.proto.embed import embed_request, rerank_request
 
 
 def submit_problem(config: Config, catalog: dict[str, Any], job_id: str, task: str,
@@ -29,6 +29,8 @@ def submit_problem(config: Config, catalog: dict[str, Any], job_id: str, task: s
         return f"payload is not JSON: {exc}"
     if task == "embed":
         return _embed_problem(config, payload)
+    if task == "rerank":
+        return _rerank_problem(config, payload)
     return None
 
 
@@ -40,26 +42,45 @@ def priority_problem(priority: Any, not_before: Any = None) -> str | None:
     return problem
 
 
+def _model_problem(config: Config, task: str, kind: str, name: str | None, items: int,
+                   what: str) -> str | None:
+    """What a built-in model task (embed, rerank) would fail on for its model and size."""
+    of_kind = sorted(n for n, m in config.models.items() if m.kind == kind)
+    if name is None:
+        if len(of_kind) != 1:
+            return (f"{task}: \"model\" is required: {kind} models are "
+                    f"{', '.join(of_kind) or '(none configured)'}")
+        name = of_kind[0]
+    settings = config.models.get(name)
+    if settings is None:
+        return (f"{task}: unknown model {name!r} (configured: "
+                f"{', '.join(sorted(config.models)) or 'none'})")
+    if settings.kind != kind:
+        return f"{task}: model {name} is a {settings.kind} model, not {kind}"
+    if items > settings.max_texts:
+        return (f"{task}: {items} {what} in one job; the limit is {settings.max_texts} "
+                f"(models.{name}.max_texts): submit them as several jobs")
+    return None
+
+
 def _embed_problem(config: Config, payload: Any) -> str | None:
     """What the built-in embed task would fail on, found before it is queued."""
     try:
         name, texts = embed_request(payload)
     except ValueError as exc:
         return f"embed: {exc}"
-    models = config.models
-    if not models:
+    if not config.models:
         return "embed: no model is configured (the [models] table is empty)"
-    if name is None and len(models) != 1:
-        return (f"embed: \"model\" is required: configured models are "
-                f"{', '.join(sorted(models))}")
-    settings = models.get(name) if name is not None else next(iter(models.values()))
-    if settings is None:
-        return f"embed: unknown model {name!r} (configured: {', '.join(sorted(models))})"
-    if len(texts) > settings.max_texts:
-        model = name or next(iter(models))
-        return (f"embed: {len(texts)} texts in one job; the limit is {settings.max_texts} "
-                f"(models.{model}.max_texts): submit them as several jobs")
-    return None
+    return _model_problem(config, "embed", "sentence-embedding", name, len(texts), "texts")
+
+
+def _rerank_problem(config: Config, payload: Any) -> str | None:
+    try:
+        name, _, documents = rerank_request(payload)
+    except ValueError as exc:
+        return f"rerank: {exc}"
+    return _model_problem(config, "rerank", "cross-encoder", name, len(documents),
+                          "documents")
 
 
 def retry_delay(info: dict[str, Any], queue: QueueSettings, failures: int) -> float:

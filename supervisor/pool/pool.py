@@ -16,6 +16,7 @@ from supervisor.conf.settings import Config
 from supervisor.pool import lifecycle
 from supervisor.pool.lifecycle import Event, Kill, Policy, Spawn, WorkerState, restart_reason
 from supervisor.pool.rollout import Rollout
+from supervisor.pool.gpus import Placement
 from supervisor.pool.slot import WorkerSlot, worker_spec
 from supervisor.pool.spare import RETRY, Spare
 from supervisor.pool.spawner import Spawner, WorkerProcess, describe_death, describe_load_error
@@ -51,6 +52,7 @@ class WorkerPool:
                  models: dict[str, Any] | None = None) -> None:
         self.listener = listener
         self.models = models or {}
+        self.placement = Placement()  # the models' devices and the slots' GPUs (gpus.plan)
         self.config = config
         self.policy = policy_from(config)
         self.endpoint = endpoint
@@ -89,7 +91,7 @@ class WorkerPool:
 
     def _spec(self, index: int) -> WorkerSpec:
         return worker_spec(self.config, index, self.endpoint, self.daemon_pid, self.models,
-                           self.spawner.state_dir)
+                           self.spawner.state_dir, self.placement)
 
     def _spawn(self, slot: WorkerSlot, now: float) -> None:
         proc = self.spare.take(self.rollout.generation, slot.index, now, self.send)
@@ -206,13 +208,14 @@ class WorkerPool:
         if isinstance(message, wire.Loading):
             self.apply(slot, Event.LOADING, now)
         elif isinstance(message, wire.Ready):
-            slot.tasks = dict(message.tasks)
+            slot.tasks, slot.devices = dict(message.tasks), dict(message.devices)
             self.apply(slot, Event.READY, now)
             assert slot.proc is not None
             log.info("slot %d: worker pid %d READY", slot.index, slot.proc.pid)
             self.rollout.loaded(slot.proc)
             self.listener.worker_ready(slot.tasks)
         elif isinstance(message, wire.Heartbeat):
+            slot.gpu_memory = message.gpu_memory
             self.apply(slot, Event.HEARTBEAT, now)
         elif isinstance(message, wire.Retiring):
             self.apply(slot, Event.RETIRE, now, message.reason)
@@ -306,4 +309,5 @@ class WorkerPool:
             proc.process.join(5)
 
     def status(self, now: float) -> list[dict[str, Any]]:
-        return [slot.status(now, removing=slot.index >= self.target) for slot in self.slots]
+        return [slot.status(now, removing=slot.index >= self.target,
+                            gpu=self.placement.gpu_of(slot.index)) for slot in self.slots]

@@ -38,6 +38,7 @@ class Spare:
         self.due: float | None = None  # when to spawn one; None: not wanted yet
         self.delay = RETRY
         self.leaving: list[WorkerProcess] = []
+        self.env: dict[str, str] = {}
 
     def keep(self, now: float, generation: int, standby: bool, surge: bool,
              all_serving: bool) -> None:
@@ -61,13 +62,15 @@ class Spare:
             return
         if self.due is None or now < self.due:
             return
+        spec = self.spec(STANDBY)
         try:
-            self.proc = self.spawner.spawn(self.spec(STANDBY))
+            self.proc = self.spawner.spawn(spec)
         except OSError as exc:
             log.error("spare: spawn failed: %s", exc)
             self.due = now + self.delay
             return
         self.proc.generation = generation
+        self.env = spec.env  # its GPU, when the slots are spread over GPUs
         self.ready = False
         self.spawned_at = now
         log.info("spare worker pid %d spawned", self.proc.pid)
@@ -88,6 +91,8 @@ class Spare:
         """The loaded spare of this generation, told it now serves `slot`; the next spare
         is due at once. None if there is none to take."""
         if self.proc is None or not self.ready or self.proc.generation != generation:
+            return None
+        if self.spec(slot).env != self.env:  # it sees another GPU than the slot's
             return None
         proc, self.proc, self.ready = self.proc, None, False
         proc.slot = slot

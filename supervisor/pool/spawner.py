@@ -14,7 +14,7 @@ import multiprocessing.process
 import os
 import signal
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from multiprocessing import resource_tracker
 from typing import Any
 
@@ -206,7 +206,7 @@ class Spawner:
         return codes
 
     def spawn(self, spec: WorkerSpec) -> WorkerProcess:
-        while self._warm:
+        while self._warm and not spec.env:  # a prestarted one has the daemon's environment
             process, conn, read_fd = self._warm.pop(0)
             try:
                 conn.send(spec)
@@ -220,10 +220,11 @@ class Spawner:
             finally:
                 conn.close()
             return WorkerProcess(spec.slot, process, read_fd)
-        process, read_fd = self._start(run, (spec,), f"docbrain-worker-{spec.slot}")
+        process, read_fd = self._start(run, (spec,), f"docbrain-worker-{spec.slot}", spec.env)
         return WorkerProcess(spec.slot, process, read_fd)
 
-    def _start(self, target: Any, args: tuple[Any, ...], name: str
+    def _start(self, target: Any, args: tuple[Any, ...], name: str,
+               env: Mapping[str, str] | None = None
                ) -> tuple[multiprocessing.process.BaseProcess, int]:
         # The resource tracker is started on the first spawn and would inherit the
         # redirected stderr below; the daemon starts it early (see start_helpers).
@@ -233,6 +234,10 @@ class Spawner:
         sys.stdout.flush()
         sys.stderr.flush()
         saved = os.dup(1), os.dup(2)
+        # Its own variables (CUDA_VISIBLE_DEVICES of its GPU): the interpreter is started
+        # with the daemon's environment as it is at this instant.
+        restore = {key: os.environ.get(key) for key in env or {}}
+        os.environ.update(env or {})
         try:
             # The spawned interpreter inherits fds 1 and 2: point them at the pipe for
             # the instant of the start, so even a crash while importing is captured.
@@ -243,6 +248,11 @@ class Spawner:
             os.close(read_fd)
             raise
         finally:
+            for key, value in restore.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             for fd in (*saved, write_fd):

@@ -28,6 +28,10 @@ class WorkerSpec:
     log_level: str = "info"
     # name -> the daemon's loaded model (its weights travel as shared memory, not copies)
     models: dict[str, Any] = field(default_factory=dict)
+    model_kinds: dict[str, str] = field(default_factory=dict)  # name -> its kind
+    devices: dict[str, str] = field(default_factory=dict)  # name -> cpu, cuda:N or mps
+    # Variables of this worker alone, set at its spawn: CUDA_VISIBLE_DEVICES of its GPU.
+    env: dict[str, str] = field(default_factory=dict)
     max_jobs: int = 0        # recycle after this many jobs (0: never)
     max_memory_mb: int = 0   # recycle above this much memory of its own, USS (0: never)
     module_path: tuple[str, ...] = ()  # searched first for task modules (Config.module_path)

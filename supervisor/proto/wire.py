@@ -96,11 +96,13 @@ class Ready:
     # task name -> {"timeout", "retry_backoff", "retry_backoff_max": seconds or None,
     # "retryable": bool}
     tasks: dict[str, Any] = field(default_factory=dict)
+    devices: dict[str, Any] = field(default_factory=dict)  # model -> cpu, cuda:N or mps
 
 
 @dataclass(frozen=True)
 class Heartbeat:
     command: ClassVar[Command] = Command.HEARTBEAT
+    gpu_memory: int | None = None  # bytes torch holds on this worker's GPU (a GPU worker)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from conftest import Instance
 from supervisor.proto.marker import MARKER_ENV, InstanceMarker, pid_namespace
 
 CHECK_NAMES = ["daemon", "instances", "orphans", "celery", "guards", "start-method", "torch",
-               "models", "state-dir", "import-name", "control", "queue"]
+               "models", "gpus", "state-dir", "import-name", "control", "queue"]
 
 
 def _doctor(instance: Instance) -> tuple[int, dict[str, dict[str, str]], dict[str, Any]]:

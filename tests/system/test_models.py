@@ -92,7 +92,8 @@ def test_workers_run_the_model_without_importing_transformers(model_instance: In
 
     status = model_instance.wait_ready(2)
     assert status["supervisor"]["models"] == {
-        "minilm": {"dim": 384, "max_tokens": 256, "form": "torch", "note": ""}}
+        "minilm": {"kind": "sentence-embedding", "dim": 384, "max_tokens": 256, "form": "torch",
+                   "note": ""}}
     assert "workers run it with torch alone" in model_instance.log_text
     with Client(str(model_instance.config_path)) as client:
         seen = [client.result(client.submit("probe.modules"), timeout=60) for _ in range(4)]

@@ -13,7 +13,8 @@ import pytest
 from conftest import REPO
 
 from supervisor.conf import envguard
-from supervisor.conf.config import ConfigError, load_config, render_example
+from supervisor.conf.config import ConfigError, load_config
+from supervisor.conf.example import render_example
 from supervisor.conf.settings import (FORBIDDEN_ENV, Config, MetricsSettings, RestartSettings,
                                       SupervisorSettings, WorkersSettings)
 from tests.unit.conftest import write
@@ -380,7 +381,12 @@ def test_models_default_explicit_and_none(tmp_path: Path, env: dict[str, str]) -
 @pytest.mark.parametrize(("text", "message"), [
     ('[models.a]\nkind = "sentence-embedding"\n', "models.a: set exactly one of path and package"),
     ('[models.a]\npath = "x"\npackage = "y"\n', "models.a: set exactly one of path and package"),
-    ('[models.a]\npath = "x"\nkind = "ocr"\n', "models.a.kind: must be one of"),
+    ('[models.a]\npath = "x"\nkind = "ocr"\n', "models.a.kind: must be sentence-embedding, "
+     "cross-encoder or MODULE:CLASS of a kind of your own, got 'ocr'"),
+    ('[models.a]\npath = "x"\ndevice = "gpu"\n', "models.a.device: must be cpu, cuda, cuda:N, "
+     "mps or auto, got 'gpu'"),
+    ('[models.a]\npath = "x"\ndtype = "int8"\n', "models.a.dtype: must be one of float32, "
+     "float16, bfloat16, got 'int8'"),
     ('[models.a]\npath = "x"\nmax_tokns = 3\n', "models.a.max_tokns: unknown key"),
     ('[models.a]\npath = 3\n', "models.a.path: expected a string"),
     ('[models.a]\npath = "x"\nbatch_tokens = 0\n', "models.a.batch_tokens: must be at least 1"),

@@ -16,7 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from supervisor.cli.main import cli
-from supervisor.conf.config import ConfigError, load_config, render_example, setting_var
+from supervisor.conf.config import ConfigError, load_config, setting_var
+from supervisor.conf.example import render_example
 from supervisor.conf.settings import TABLES, NatsSettings, QueueSettings, redacted_url
 from tests.unit.conftest import write
 

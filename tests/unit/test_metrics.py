@@ -244,3 +244,16 @@ def test_ipv6_loopback() -> None:
             assert b"docbrain_info" in reply.read()
     finally:
         m.stop()
+
+
+def test_gpu_memory_of_the_workers_that_report_it(metrics: Metrics) -> None:
+    assert metrics.port
+    metrics.set_gpu_memory([(0, "0", 3 << 30), (1, "1", 1 << 30), (2, None, None)])
+    _, samples = scrape(metrics.port)
+    assert with_prefix(samples, "docbrain_worker_gpu_memory_bytes") == {
+        frozenset({("slot", "0"), ("gpu", "0")}): float(3 << 30),
+        frozenset({("slot", "1"), ("gpu", "1")}): float(1 << 30)}
+    metrics.set_gpu_memory([(1, "1", 2 << 30)])  # slot 0 went away: its series too
+    _, samples = scrape(metrics.port)
+    assert with_prefix(samples, "docbrain_worker_gpu_memory_bytes") == {
+        frozenset({("slot", "1"), ("gpu", "1")}): float(2 << 30)}

@@ -121,3 +121,12 @@ def test_status_says_when_a_reload_runs_or_failed_and_which_slots_are_removed() 
     removing = render.status(_with({}, [_worker(0, "READY", pid=1),
                                         _worker(1, "STOPPING", pid=2, removing=True)]))
     assert removing.splitlines()[5].endswith("removing (a smaller count)")
+
+
+def test_status_says_where_gpu_workers_run_their_models() -> None:
+    workers = [_worker(0, "READY", pid=5, devices={"minilm": "cuda:0"}, gpu="1",
+                       gpu_memory_bytes=3 << 29),
+               _worker(1, "READY", pid=6, devices={"minilm": "cpu"})]
+    lines = render.status({**STATUS, "workers": workers}).splitlines()
+    assert "slot 0: minilm on cuda:0 (GPU 1), 1.5 GiB held on the GPU" in lines
+    assert not any(line.startswith("slot 1:") for line in lines)  # on the CPU: nothing more
