@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import bench_models, bench_priority, bench_queue, bench_service, bench_shared
+from benchmarks import (bench_models, bench_priority, bench_queue, bench_rerank, bench_service,
+                        bench_shared)
 
 HERE = Path(__file__).resolve().parent
 
@@ -27,7 +28,7 @@ def _commit() -> str:
 
 def main() -> int:
     sections = [("Queue", bench_queue.run), ("Priorities", bench_priority.run),
-                ("Models", bench_models.run),
+                ("Models", bench_models.run), ("Rerank", bench_rerank.run),
                 ("Reload", bench_service.run), ("Many hosts (NATS JetStream)", bench_shared.run)]
     lines = [
         "# Benchmark results",
