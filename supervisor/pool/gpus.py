@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from supervisor.conf.settings import ModelSettings
 from supervisor.proto.spec import STANDBY
 
-log = logging.getLogger("supervisor.daemon")
+log = logging.getLogger("supervisor.pool")
 COUNT_TIMEOUT = 120.0  # seconds the interpreter that counts the CUDA devices may take
 # Where a Linux machine with an NVIDIA or AMD driver shows it; without any, no CUDA device.
 DRIVER_PATHS = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd")
