@@ -77,6 +77,17 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def placement_change(old: Config, new: Config) -> str | None:
+    """What of the devices a reload would change (the daemon places workers at start:
+    pool.gpus.plan), or None. A model added or removed counts as on the CPU where absent."""
+    def device(config: Config, name: str) -> str:
+        return config.models[name].device if name in config.models else "cpu"
+    moved = sorted(n for n in {*old.models, *new.models} if device(old, n) != device(new, n))
+    if moved:
+        return f"the device of model {', '.join(moved)}"
+    return "workers.gpus" if new.workers.gpus != old.workers.gpus else None
+
+
 def worker_inputs(config: Config, guards: dict[str, str]) -> tuple[Any, ...]:
     """Everything a worker is started with: when it changes, workers are replaced."""
     w = config.workers
@@ -128,11 +139,9 @@ class Reloader:
                 (new.queue.backend == "nats" or old.queue.backend == "nats"):
             raise self._refuse(why, "queue.backend and [queue.nats] cannot change while "
                                     "running; use docbrainctl restart")
-        moved = sorted(n for n, m in new.models.items()
-                       if m.device != (old.models[n].device if n in old.models else "cpu"))
-        if moved or new.workers.gpus != old.workers.gpus:
-            what = f"the device of model {', '.join(moved)}" if moved else "workers.gpus"
-            raise self._refuse(why, f"{what} cannot change while running; use docbrainctl "
+        moved = placement_change(old, new)
+        if moved:
+            raise self._refuse(why, f"{moved} cannot change while running; use docbrainctl "
                                     "restart")
         if new.metrics != old.metrics:
             try:

@@ -159,6 +159,9 @@ def test_reload_reports_changes_and_bad_files_change_nothing(instance: Instance,
                                                  str(tmp_path / "elsewhere")))
     moved = call_ctl_reload_direct(instance)
     assert "state_dir cannot change" in moved
+    instance.config_path.write_text(good.replace("[workers]\n", '[workers]\ngpus = "all"\n', 1))
+    spread = call_ctl_reload_direct(instance)
+    assert "workers.gpus cannot change while running; use docbrainctl restart" in spread
 
     instance.config_path.write_text(good)
     after = instance.wait_ready(2)

@@ -3,6 +3,7 @@ count of CUDA devices, the guards, and the errors of a device this machine lacks
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -144,3 +145,15 @@ def test_a_worker_on_the_cpu_reports_no_gpu_memory() -> None:
         assert models.gpu_memory() is None and models.devices() == {"a": "cpu"}
     finally:
         models.attach({})
+
+
+def test_a_reload_may_not_move_models_between_devices() -> None:
+    from supervisor.daemon.reload import placement_change
+
+    cpu, cuda = _config("cpu"), _config("cuda")
+    assert placement_change(cpu, cpu) is None
+    assert placement_change(cpu, cuda) == "the device of model m"
+    assert placement_change(cuda, Config(models={})) == "the device of model m"  # removed
+    assert placement_change(cpu, Config(models={})) is None  # a CPU model may go
+    spread = Config(models=cuda.models, workers=dataclasses.replace(cuda.workers, gpus="all"))
+    assert placement_change(cuda, spread) == "workers.gpus"
