@@ -13,7 +13,7 @@ import transformers
 
 from workers.crossencoder import Scorer, compact_classifier
 from workers.checking import PROBE_TEXT, PROBE_TEXTS, SCORES_AGREE, KindError, fallback_note
-from workers.torchform import MODEL_TYPES, UnsupportedModel
+from workers.torchform import UnsupportedModel, token_limit
 
 PROBE_PAIRS = [(PROBE_TEXT, text) for text in PROBE_TEXTS] + [(PROBE_TEXTS[2], "Ok.")]
 
@@ -41,10 +41,7 @@ def load_scorer(name: str, path: str, settings: Any, dtype: torch.dtype) -> Scor
     backend = getattr(slow, "backend_tokenizer", None)
     if backend is None:
         raise KindError("its tokenizer has no fast (tokenizer.json) form")
-    positions = int(getattr(config, "max_position_embeddings", 0) or 0)
-    if positions and MODEL_TYPES.get(str(getattr(config, "model_type", ""))):
-        positions -= int(config.pad_token_id) + 1  # positions count from the padding index
-    limit = min(x for x in (positions, slow.model_max_length, 1 << 20) if x > 0)
+    limit = token_limit(config, slow.model_max_length)
     options = dict(max_tokens=min(settings.max_tokens or limit, limit),
                    batch_tokens=settings.batch_tokens, pad_id=int(slow.pad_token_id or 0),
                    type_ids="token_type_ids" in slow.model_input_names,

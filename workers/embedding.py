@@ -17,8 +17,8 @@ import torch
 import transformers
 
 from workers.encoder import Encoder, pooling_mode, read_json
-from workers.torchform import (MODEL_TYPES, TorchEncoder, UnsupportedModel, compact_module,
-                               lowercase_first)
+from workers.torchform import (TorchEncoder, UnsupportedModel, compact_module, lowercase_first,
+                               token_limit)
 
 
 class TransformersEncoder(Encoder):
@@ -35,12 +35,8 @@ class TransformersEncoder(Encoder):
         self.tokenizer = self._load_tokenizer()
         config = self.module.config
         self.dim = int(config.hidden_size)
-        limit = int(self._st_config().get("max_seq_length") or 0)
-        positions = int(getattr(config, "max_position_embeddings", 0) or 0)
-        if positions and MODEL_TYPES.get(str(getattr(config, "model_type", ""))):
-            positions -= int(config.pad_token_id) + 1  # positions count from the padding index
-        model_limit = min(x for x in (limit, positions, self.tokenizer.model_max_length, 1 << 20)
-                          if x > 0)
+        model_limit = token_limit(config, int(self._st_config().get("max_seq_length") or 0),
+                                  self.tokenizer.model_max_length)
         self.max_tokens = min(max_tokens or model_limit, model_limit)
         self.pooling = pooling_mode(path)
         self.pad_id = int(self.tokenizer.pad_token_id or 0)

@@ -45,6 +45,15 @@ LAYER_WEIGHTS = (
 UNUSED_PREFIXES = ("pooler.",)
 
 
+def token_limit(config: Any, *limits: int) -> int:
+    """The longest input a transformers model (its config) takes, in tokens: its positions
+    (less the padding offset of RoBERTa's kind) and the other `limits` given, 0 for none."""
+    positions = int(getattr(config, "max_position_embeddings", 0) or 0)
+    if positions and MODEL_TYPES.get(str(getattr(config, "model_type", ""))):
+        positions -= int(config.pad_token_id) + 1  # positions count from the padding index
+    return min(x for x in (positions, *limits, 1 << 20) if x > 0)
+
+
 class UnsupportedModel(Exception):
     """The compact form does not compute this model; the message says why."""
 
